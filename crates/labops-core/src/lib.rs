@@ -1,0 +1,18 @@
+//! The labops domain: pure types and logic, no I/O.
+//!
+//! Everything here is testable with plain values: no async runtime, no network, no disk, no clock
+//! (callers pass the current time in). The crate is laid out as:
+//!
+//! - [`inventory`]: the typed model of the lab (Proxmox nodes, guests, storage, Kubernetes
+//!   objects, static hosts), the links between them, and [`inventory::Inventory::impact_of`].
+//! - [`resolve`]: the precision rule. Any name from outside is mapped to exactly one entity, or
+//!   fails with the nearest real names. Nothing is guessed.
+//! - [`source`]: how fresh and how healthy each source's data is.
+
+pub mod inventory;
+pub mod resolve;
+pub mod source;
+
+pub use inventory::{Entity, EntityKind, Inventory, Relation, RelationKind, Usage};
+pub use resolve::{Candidate, ResolveError};
+pub use source::{SourceHealth, SourceState, SourceStatus};

@@ -1,0 +1,247 @@
+//! Durable state for labops: an embedded SQLite database with versioned migrations.
+//!
+//! The store is the only crate that speaks SQL. It keeps what must survive a restart:
+//!
+//! - the last good snapshot of each inventory source, so a restarted labops answers at once with
+//!   known (and age-marked) data while the sources are fetched again;
+//! - the audit log: every action taken through any interface.
+//!
+//! Migrations live in `migrations/` and run on [`Store::open`]. Queries use `sqlx::query` with
+//! bound parameters (no compile-time database needed).
+
+use std::path::Path;
+use std::str::FromStr;
+
+use labops_core::inventory::Part;
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+
+/// What can go wrong with the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database file could not be opened or created.
+    #[error("cannot open the state database at {path}: {source}; check that the directory is writable or pass --data-dir")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("cannot migrate the state database: {0}; the file may come from a newer labops")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("state database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// Stored JSON did not decode.
+    #[error("stored data for {what} does not decode: {source}")]
+    Decode {
+        /// Which record.
+        what: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Result with the store's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A handle on the state database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// A source snapshot as stored.
+#[derive(Debug, Clone)]
+pub struct StoredSnapshot {
+    /// Source name.
+    pub source: String,
+    /// Where it came from.
+    pub endpoint: String,
+    /// When it was taken, Unix milliseconds.
+    pub taken_ms: i64,
+    /// The data.
+    pub part: Part,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// Who: `cli`, `mcp:stdio`, `mcp:http`, `rest`, or an approver's name.
+    pub actor: String,
+    /// What: a tool or command name.
+    pub action: String,
+    /// On what entity, when there is one.
+    pub target: Option<String>,
+    /// `ok`, `refused`, `error: ...`.
+    pub outcome: String,
+    /// Arguments and extra facts.
+    pub detail: serde_json::Value,
+}
+
+impl Store {
+    /// Opens (creating when needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .expect("static URL parses")
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|source| Error::Open { path: path.display().to_string(), source })?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// An in-memory database, for tests.
+    pub async fn in_memory() -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The schema version (number of the last applied migration).
+    pub async fn schema_version(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Replaces the stored snapshot of one source.
+    pub async fn save_snapshot(&self, source: &str, endpoint: &str, taken_ms: i64, part: &Part) -> Result<()> {
+        let json = serde_json::to_string(part)
+            .map_err(|source_err| Error::Decode { what: source.to_string(), source: source_err })?;
+        sqlx::query(
+            "INSERT INTO source_snapshots (source, endpoint, taken_ms, part_json) VALUES (?, ?, ?, ?)
+             ON CONFLICT (source) DO UPDATE SET endpoint = excluded.endpoint,
+                 taken_ms = excluded.taken_ms, part_json = excluded.part_json",
+        )
+        .bind(source)
+        .bind(endpoint)
+        .bind(taken_ms)
+        .bind(json)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every stored snapshot.
+    pub async fn load_snapshots(&self) -> Result<Vec<StoredSnapshot>> {
+        let rows = sqlx::query("SELECT source, endpoint, taken_ms, part_json FROM source_snapshots ORDER BY source")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let source: String = r.try_get(0)?;
+                let json: String = r.try_get(3)?;
+                let part = serde_json::from_str(&json)
+                    .map_err(|e| Error::Decode { what: format!("snapshot of {source}"), source: e })?;
+                Ok(StoredSnapshot { endpoint: r.try_get(1)?, taken_ms: r.try_get(2)?, source, part })
+            })
+            .collect()
+    }
+
+    /// Appends one record to the audit log.
+    pub async fn audit(&self, e: &AuditEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at_ms, actor, action, target, outcome, detail_json) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.at_ms)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.outcome)
+        .bind(e.detail.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit records, newest first.
+    pub async fn audit_recent(&self, limit: u32) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT at_ms, actor, action, target, outcome, detail_json FROM audit_log ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let detail: String = r.try_get(5)?;
+                Ok(AuditEntry {
+                    at_ms: r.try_get(0)?,
+                    actor: r.try_get(1)?,
+                    action: r.try_get(2)?,
+                    target: r.try_get(3)?,
+                    outcome: r.try_get(4)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use labops_core::inventory::{Entity, EntityKind};
+
+    #[tokio::test]
+    async fn snapshots_and_audit_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/labops.db");
+        {
+            let store = Store::open(&path).await.unwrap();
+            assert_eq!(store.schema_version().await.unwrap(), 1);
+            let mut part = Part::default();
+            part.entities.push(Entity::new(EntityKind::Vm, "vm/108", "k3s-vm-still-fawn", "running", "proxmox"));
+            store.save_snapshot("proxmox", "https://127.0.0.1:8006", 42, &part).await.unwrap();
+            part.entities[0].status = "stopped".into();
+            store.save_snapshot("proxmox", "https://127.0.0.1:8006", 43, &part).await.unwrap();
+            store
+                .audit(&AuditEntry {
+                    at_ms: 7,
+                    actor: "mcp:stdio".into(),
+                    action: "resolve".into(),
+                    target: Some("vm/108".into()),
+                    outcome: "ok".into(),
+                    detail: serde_json::json!({"name": "108"}),
+                })
+                .await
+                .unwrap();
+        }
+        let store = Store::open(&path).await.unwrap();
+        let snaps = store.load_snapshots().await.unwrap();
+        assert_eq!(snaps.len(), 1);
+        assert_eq!(snaps[0].taken_ms, 43);
+        assert_eq!(snaps[0].part.entities[0].status, "stopped");
+        let audit = store.audit_recent(10).await.unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].detail["name"], "108");
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_path_says_what_to_do() {
+        let err = Store::open(Path::new("/proc/labops/state.db")).await.unwrap_err().to_string();
+        assert!(err.contains("--data-dir"), "{err}");
+    }
+}
