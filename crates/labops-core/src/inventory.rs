@@ -333,6 +333,8 @@ pub struct Inventory {
     depends_on: Vec<Vec<(RelationKind, usize)>>,
     /// entity index -> (relation kind, dependent index): what depends on it.
     dependents: Vec<Vec<(RelationKind, usize)>>,
+    /// entity index -> the chain of nodes and hosts under it (K8s node, VM, Proxmox node).
+    placement: Vec<Vec<usize>>,
     dropped_relations: usize,
 }
 
@@ -404,7 +406,45 @@ impl Inventory {
             }
         }
         inv.entities = entities;
+        inv.placement = (0..inv.entities.len()).map(|i| inv.placement_chain(i)).collect();
         inv
+    }
+
+    fn placement_chain(&self, start: usize) -> Vec<usize> {
+        let mut chain = Vec::new();
+        let mut cur = start;
+        loop {
+            let next = self.depends_on[cur]
+                .iter()
+                .find(|(k, _)| matches!(k, RelationKind::RunsOn | RelationKind::HostedBy))
+                .map(|&(_, t)| t);
+            match next {
+                Some(t) if t != start && !chain.contains(&t) => {
+                    chain.push(t);
+                    cur = t;
+                }
+                _ => return chain,
+            }
+        }
+    }
+
+    /// True when `id` runs on `node_id`, directly or through the guests and nodes under it
+    /// (a pod is placed on its K8s node, that node's VM and the VM's Proxmox node).
+    pub fn is_placed_on(&self, id: &str, node_id: &str) -> bool {
+        match (self.index_of(id), self.index_of(node_id)) {
+            (Some(i), Some(n)) => self.placement[i].contains(&n),
+            _ => false,
+        }
+    }
+
+    /// Indices-based variant of [`Inventory::is_placed_on`] for scans over all entities.
+    pub fn placed_on_index(&self, i: usize, node: usize) -> bool {
+        self.placement.get(i).is_some_and(|p| p.contains(&node))
+    }
+
+    /// Position of an id in [`Inventory::entities`].
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.index_of(id)
     }
 
     /// All entities, in source order.
@@ -470,22 +510,9 @@ impl Inventory {
     /// The Proxmox node and VM chain under an entity: for a pod, its K8s node, the VM that hosts
     /// it and that VM's Proxmox node.
     pub fn placement(&self, id: &str) -> Vec<&Entity> {
-        let mut chain = Vec::new();
-        let mut cur = self.index_of(id);
-        let mut seen = BTreeSet::new();
-        while let Some(i) = cur {
-            if !seen.insert(i) {
-                break;
-            }
-            cur = self.depends_on[i]
-                .iter()
-                .find(|(k, _)| matches!(k, RelationKind::RunsOn | RelationKind::HostedBy))
-                .map(|&(_, t)| t);
-            if let Some(t) = cur {
-                chain.push(&self.entities[t]);
-            }
-        }
-        chain
+        self.index_of(id)
+            .map(|i| self.placement[i].iter().map(|&t| &self.entities[t]).collect())
+            .unwrap_or_default()
     }
 
     /// Everything that stops or degrades if `id` goes down, breadth first, with the path.

@@ -249,12 +249,12 @@ impl Client {
             path: CLUSTER_RESOURCES.path.into(),
             message: "data is not a list".into(),
         })?;
-        let guests: Vec<(String, &'static ApiCall, u32)> = resources
+        let guests: Vec<(String, ApiCall, u32)> = resources
             .iter()
             .filter_map(|r| {
                 let call = match r.get("type")?.as_str()? {
-                    "qemu" => &QEMU_CONFIG,
-                    "lxc" => &LXC_CONFIG,
+                    "qemu" => QEMU_CONFIG,
+                    "lxc" => LXC_CONFIG,
                     _ => return None,
                 };
                 let online = r.get("status").and_then(Value::as_str) != Some("unknown");
@@ -265,10 +265,7 @@ impl Client {
         // concurrency. A failing config only loses that guest's links.
         use futures::StreamExt;
         let configs: Vec<(u32, Result<Value>)> = futures::stream::iter(guests)
-            .map(|(node, call, vmid)| async move {
-                let v = vmid.to_string();
-                (vmid, self.call(call, &[("node", &node), ("vmid", &v)]).await)
-            })
+            .map(|(node, call, vmid)| self.guest_config(node, call, vmid))
             .buffer_unordered(self.settings.concurrency.max(1))
             .collect()
             .await;
@@ -284,6 +281,13 @@ impl Client {
             })
             .collect();
         Ok(Fetched { resources, status, configs, config_errors })
+    }
+}
+
+impl Client {
+    async fn guest_config(&self, node: String, call: ApiCall, vmid: u32) -> (u32, Result<Value>) {
+        let v = vmid.to_string();
+        (vmid, self.call(&call, &[("node", &node), ("vmid", &v)]).await)
     }
 }
 

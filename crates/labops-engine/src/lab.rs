@@ -1,0 +1,372 @@
+//! The live lab: one refresh loop per inventory source, the merged snapshot, and the audit writer.
+//!
+//! Each source is reconciled on its own schedule. A successful refresh replaces that source's
+//! part, is saved to the store, and rebuilds the snapshot; a failed one keeps the last good part
+//! and records the error, so answers are served from the last good data and say it is degraded.
+//! On start the stored parts are loaded first, so the first answer comes at once.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use labops_core::inventory::{Inventory, Part};
+use labops_core::source::SourceStatus;
+use labops_integrations::{kubernetes, proxmox};
+use labops_store::{AuditEntry, Store};
+use tokio::sync::{mpsc, watch};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One configured inventory source.
+#[derive(Debug)]
+pub enum SourceSpec {
+    /// A Proxmox VE cluster, polled.
+    Proxmox {
+        /// The API client.
+        client: Arc<proxmox::Client>,
+        /// Time between refreshes.
+        interval: Duration,
+    },
+    /// A Kubernetes cluster, watched.
+    Kubernetes {
+        /// How to reach it.
+        settings: kubernetes::Settings,
+        /// How often the watch cache is folded into the snapshot.
+        interval: Duration,
+    },
+    /// Hosts declared in the config.
+    Static {
+        /// The hosts as a part.
+        part: Part,
+    },
+}
+
+impl SourceSpec {
+    fn name(&self) -> &'static str {
+        match self {
+            SourceSpec::Proxmox { .. } => proxmox::SOURCE,
+            SourceSpec::Kubernetes { .. } => kubernetes::SOURCE,
+            SourceSpec::Static { .. } => labops_integrations::static_hosts::SOURCE,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        match self {
+            SourceSpec::Proxmox { client, .. } => client.url().to_string(),
+            SourceSpec::Kubernetes { settings, .. } => settings
+                .kubeconfig
+                .as_ref()
+                .map(|p| format!("kubeconfig {}", p.display()))
+                .unwrap_or_else(|| "inferred kubeconfig".into()),
+            SourceSpec::Static { .. } => "config [[hosts]]".into(),
+        }
+    }
+}
+
+/// The merged view of the lab at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The inventory.
+    pub inventory: Inventory,
+    /// Every configured source's status.
+    pub sources: Vec<SourceStatus>,
+    /// Increases with every rebuild.
+    pub generation: u64,
+}
+
+#[derive(Default)]
+struct State {
+    parts: BTreeMap<String, Part>,
+    statuses: BTreeMap<String, SourceStatus>,
+    generation: u64,
+}
+
+struct Shared {
+    name: String,
+    demo: bool,
+    state: tokio::sync::Mutex<State>,
+    current: RwLock<Arc<Snapshot>>,
+    store: Option<Store>,
+    audit: Option<mpsc::Sender<AuditEntry>>,
+    generation: watch::Sender<u64>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A handle on the live lab; cheap to clone.
+#[derive(Clone)]
+pub struct Lab {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab").field("name", &self.shared.name).finish_non_exhaustive()
+    }
+}
+
+/// Options for [`Lab::start`].
+#[derive(Debug)]
+pub struct LabOptions {
+    /// The lab's name, shown in answers.
+    pub name: String,
+    /// True for the demo lab: every answer says so.
+    pub demo: bool,
+    /// The sources.
+    pub sources: Vec<SourceSpec>,
+}
+
+impl Lab {
+    /// Loads stored snapshots, starts one refresh loop per source, and returns at once.
+    pub async fn start(opts: LabOptions, store: Option<Store>) -> Lab {
+        let mut state = State::default();
+        let configured: BTreeMap<&'static str, String> =
+            opts.sources.iter().map(|s| (s.name(), s.endpoint())).collect();
+        for (name, endpoint) in &configured {
+            state.statuses.insert(name.to_string(), SourceStatus::pending(*name, endpoint));
+        }
+        if let Some(store) = &store {
+            match store.load_snapshots().await {
+                Ok(snaps) => {
+                    for s in snaps {
+                        // Only sources still configured, at the same endpoint.
+                        if configured.get(s.source.as_str()) == Some(&s.endpoint) {
+                            let st = state.statuses.get_mut(&s.source).expect("configured");
+                            st.last_success_ms = Some(s.taken_ms);
+                            st.entities = s.part.entities.len();
+                            st.warnings = vec!["loaded from the store; not refreshed since labops started".into()];
+                            state.parts.insert(s.source, s.part);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "stored snapshots could not be loaded; starting empty"),
+            }
+        }
+        let audit = store.clone().map(spawn_audit_writer);
+        let (generation, _) = watch::channel(0);
+        let lab = Lab {
+            shared: Arc::new(Shared {
+                name: opts.name,
+                demo: opts.demo,
+                state: tokio::sync::Mutex::new(state),
+                current: RwLock::new(Arc::new(Snapshot::default())),
+                store,
+                audit,
+                generation,
+                tasks: std::sync::Mutex::new(Vec::new()),
+            }),
+        };
+        {
+            let mut st = lab.shared.state.lock().await;
+            lab.rebuild(&mut st);
+        }
+        for spec in opts.sources {
+            let l = lab.clone();
+            let handle = tokio::spawn(async move { l.run_source(spec).await });
+            lab.shared.tasks.lock().expect("tasks lock").push(handle);
+        }
+        lab
+    }
+
+    /// A lab from fixed parts, with no refresh loops (for tests and benchmarks).
+    pub fn from_parts(name: &str, parts: Vec<(SourceStatus, Part)>) -> Lab {
+        let mut state = State::default();
+        for (status, part) in parts {
+            state.parts.insert(status.name.clone(), part);
+            state.statuses.insert(status.name.clone(), status);
+        }
+        let (generation, _) = watch::channel(0);
+        let lab = Lab {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                demo: false,
+                state: tokio::sync::Mutex::new(State::default()),
+                current: RwLock::new(Arc::new(Snapshot::default())),
+                store: None,
+                audit: None,
+                generation,
+                tasks: std::sync::Mutex::new(Vec::new()),
+            }),
+        };
+        lab.rebuild(&mut state);
+        lab
+    }
+
+    /// Stops the refresh loops.
+    pub fn shutdown(&self) {
+        for t in self.shared.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// True for the demo lab.
+    pub fn is_demo(&self) -> bool {
+        self.shared.demo
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.current.read().expect("snapshot lock").clone()
+    }
+
+    /// Waits until the snapshot generation passes `after`, or the timeout.
+    pub async fn wait_for_generation(&self, after: u64, timeout: Duration) -> bool {
+        let mut rx = self.shared.generation.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|g| *g > after)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until every source has reported once (successfully or not), or the timeout.
+    pub async fn wait_until_reported(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let snap = self.snapshot();
+            if snap.sources.iter().all(|s| s.last_attempt_ms.is_some()) {
+                return true;
+            }
+            if !self.wait_for_generation(snap.generation, deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+                return false;
+            }
+        }
+    }
+
+    /// Records an action in the audit log without waiting for the disk.
+    pub fn audit(&self, entry: AuditEntry) {
+        if let Some(tx) = &self.shared.audit {
+            if let Err(mpsc::error::TrySendError::Full(entry)) = tx.try_send(entry) {
+                // Never drop an audit record: wait for room in the background.
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(entry).await;
+                });
+            }
+        }
+    }
+
+    /// The store, when there is one.
+    pub fn store(&self) -> Option<&Store> {
+        self.shared.store.as_ref()
+    }
+
+    fn rebuild(&self, st: &mut State) {
+        st.generation += 1;
+        let inventory = Inventory::build(st.parts.values().cloned());
+        let snap = Snapshot { inventory, sources: st.statuses.values().cloned().collect(), generation: st.generation };
+        *self.shared.current.write().expect("snapshot lock") = Arc::new(snap);
+        self.shared.generation.send_replace(st.generation);
+    }
+
+    async fn report(&self, source: &str, outcome: Result<(Part, Vec<String>), String>) {
+        let now = now_ms();
+        let mut st = self.shared.state.lock().await;
+        let status = st.statuses.entry(source.to_string()).or_insert_with(|| SourceStatus::pending(source, ""));
+        status.last_attempt_ms = Some(now);
+        let save = match outcome {
+            Ok((part, warnings)) => {
+                status.last_success_ms = Some(now);
+                status.last_error = None;
+                status.warnings = warnings;
+                status.entities = part.entities.len();
+                let endpoint = status.endpoint.clone();
+                let changed = st.parts.get(source) != Some(&part);
+                if changed {
+                    st.parts.insert(source.to_string(), part.clone());
+                }
+                Some((endpoint, part))
+            }
+            Err(e) => {
+                if status.last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(source, error = %e, "inventory source failed; serving its last good snapshot");
+                }
+                status.last_error = Some(e);
+                None
+            }
+        };
+        self.rebuild(&mut st);
+        drop(st);
+        if let (Some(store), Some((endpoint, part))) = (&self.shared.store, save) {
+            if let Err(e) = store.save_snapshot(source, &endpoint, now, &part).await {
+                tracing::warn!(source, error = %e, "the snapshot could not be saved");
+            }
+        }
+    }
+
+    /// Like [`Lab::report`] for the watch cache: data and error can come together (the cache
+    /// keeps serving while a watch retries).
+    async fn report_cache(&self, source: &str, part: Part, error: Option<String>) {
+        match error {
+            None => self.report(source, Ok((part, Vec::new()))).await,
+            Some(e) => {
+                let now = now_ms();
+                let mut st = self.shared.state.lock().await;
+                let status = st.statuses.entry(source.to_string()).or_insert_with(|| SourceStatus::pending(source, ""));
+                status.last_attempt_ms = Some(now);
+                status.last_error = Some(e);
+                if !part.entities.is_empty() {
+                    status.entities = part.entities.len();
+                    st.parts.insert(source.to_string(), part);
+                }
+                self.rebuild(&mut st);
+            }
+        }
+    }
+
+    async fn run_source(&self, spec: SourceSpec) {
+        let name = spec.name();
+        match spec {
+            SourceSpec::Static { part } => self.report(name, Ok((part, Vec::new()))).await,
+            SourceSpec::Proxmox { client, interval } => loop {
+                let outcome = client.fetch().await.map(|f| proxmox::to_part(&f)).map_err(|e| e.to_string());
+                self.report(name, outcome).await;
+                tokio::time::sleep(interval).await;
+            },
+            SourceSpec::Kubernetes { settings, interval } => {
+                let client = loop {
+                    match kubernetes::client(&settings).await {
+                        Ok((c, _)) => break c,
+                        Err(e) => {
+                            self.report(name, Err(e.to_string())).await;
+                            tokio::time::sleep(interval.max(Duration::from_secs(5))).await;
+                        }
+                    }
+                };
+                let cache = kubernetes::Cache::start(&client);
+                let mut last: Option<(Part, Option<String>)> = None;
+                loop {
+                    tokio::time::sleep(interval).await;
+                    let health = cache.health().err();
+                    if !cache.synced() && health.is_none() {
+                        continue;
+                    }
+                    let part = cache.part();
+                    let current = (part, health);
+                    if last.as_ref() != Some(&current) {
+                        self.report_cache(name, current.0.clone(), current.1.clone()).await;
+                        last = Some(current);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn spawn_audit_writer(store: Store) -> mpsc::Sender<AuditEntry> {
+    let (tx, mut rx) = mpsc::channel::<AuditEntry>(4096);
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            if let Err(err) = store.audit(&e).await {
+                tracing::warn!(error = %err, action = %e.action, "an audit record could not be written");
+            }
+        }
+    });
+    tx
+}

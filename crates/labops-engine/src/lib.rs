@@ -1,0 +1,15 @@
+//! The labops engine: the reconcile loops and the service functions every transport calls.
+//!
+//! - [`lab`]: the live lab. One refresh loop per inventory source folds its data into an
+//!   immutable [`lab::Snapshot`]; failures keep the last good data and mark the source degraded;
+//!   stored snapshots make the first answer after a restart immediate. The audit writer lives here.
+//! - [`service`]: the read side of the control plane, one function per question
+//!   (`inventory_summary`, `list_entities`, `get_entity`, `resolve`, `node_status`,
+//!   `guest_status`, `impact_of`, `k8s_workloads`). MCP tools, REST handlers and CLI commands are
+//!   thin wrappers around these.
+
+pub mod lab;
+pub mod service;
+
+pub use lab::{Lab, LabOptions, Snapshot, SourceSpec};
+pub use service::{Freshness, ServiceError};

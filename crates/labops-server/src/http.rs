@@ -1,0 +1,235 @@
+//! The HTTP side: MCP over Streamable HTTP at `/mcp` and the REST API under `/api/v1`.
+//!
+//! Every request passes, in order: the Host check (403 for a host not in the allow list, which
+//! stops DNS rebinding), the bearer token (401), and the body size limit (413). Only `/healthz`
+//! answers without a token, and it says nothing about the lab.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use labops_core::inventory::EntityKind;
+use labops_core::resolve::ResolveError;
+use labops_engine::service::{ListFilter, ServiceError, WorkloadFilter};
+use labops_engine::Lab;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde::Deserialize;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::mcp::LabMcp;
+
+/// HTTP server settings.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Bearer token every request must carry.
+    pub token: String,
+    /// Host names (or `host:port`) accepted in the Host header, besides loopback names.
+    pub allowed_hosts: Vec<String>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Loopback names always accepted in the Host header.
+pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+#[derive(Clone)]
+struct Guard {
+    token: Arc<str>,
+    allowed_hosts: Arc<Vec<String>>,
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// Host without the port; IPv6 brackets removed.
+fn host_only(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let h = host_only(host).to_ascii_lowercase();
+    LOOPBACK_HOSTS.contains(&h.as_str())
+        || allowed.iter().any(|a| {
+            let a = a.to_ascii_lowercase();
+            a == h || a == host.to_ascii_lowercase()
+        })
+}
+
+/// Compares without leaking where the first difference is.
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    match host {
+        Some(h) if host_allowed(&h, &g.allowed_hosts) => {}
+        Some(h) => {
+            tracing::warn!(host = %h, path = %req.uri().path(), "refused a request for a host not in [server] allowed_hosts");
+            return json_error(
+                StatusCode::FORBIDDEN,
+                format!("host {h:?} is not allowed; add it to [server] allowed_hosts if this server is meant to be reached by that name"),
+            );
+        }
+        None => return json_error(StatusCode::FORBIDDEN, "a Host header is required"),
+    }
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    match presented {
+        Some(t) if same_token(t.trim().as_bytes(), g.token.as_bytes()) => next.run(req).await,
+        _ => {
+            let mut r = json_error(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required: send `Authorization: Bearer <token>` with the token from [server] token or token_file",
+            );
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"labops\""));
+            r
+        }
+    }
+}
+
+fn service_error(e: ServiceError) -> Response {
+    let status = match &e {
+        ServiceError::Resolve { error: ResolveError::Unknown { .. }, .. } => StatusCode::NOT_FOUND,
+        ServiceError::Resolve { error: ResolveError::Ambiguous { .. }, .. } => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut body = serde_json::to_value(&e).unwrap_or_default();
+    body["error"] = serde_json::Value::String(e.to_string());
+    (status, Json(body)).into_response()
+}
+
+fn reply<T: serde::Serialize>(r: Result<T, ServiceError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct KindQuery {
+    kind: Option<EntityKind>,
+}
+
+/// The whole HTTP application: `/mcp`, `/api/v1/...`, `/healthz`.
+pub fn router(lab: Lab, opts: &HttpOptions) -> Router {
+    let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|s| s.to_string()).collect();
+    hosts.extend(opts.allowed_hosts.iter().cloned());
+    let mcp_lab = lab.clone();
+    let mcp = StreamableHttpService::new(
+        move || Ok(LabMcp::new(mcp_lab.clone(), "mcp:http")),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default()
+            .with_allowed_hosts(hosts.clone())
+            .with_sse_keep_alive(Some(Duration::from_secs(15)))
+            .with_max_request_body_bytes(opts.max_body_bytes),
+    );
+    let api = Router::new()
+        .route("/summary", get(|State(l): State<Lab>| async move { Json(l.inventory_summary()) }))
+        .route(
+            "/entities",
+            get(|State(l): State<Lab>, Query(f): Query<ListFilter>| async move { reply(l.list_entities(&f)) }),
+        )
+        .route(
+            "/entities/{*name}",
+            get(|State(l): State<Lab>, Path(n): Path<String>| async move { reply(l.get_entity(&n)) }),
+        )
+        .route(
+            "/resolve/{*name}",
+            get(|State(l): State<Lab>, Path(n): Path<String>, Query(k): Query<KindQuery>| async move {
+                reply(l.resolve(&n, k.kind))
+            }),
+        )
+        .route("/nodes/{*name}", get(|State(l): State<Lab>, Path(n): Path<String>| async move { reply(l.node_status(&n)) }))
+        .route("/guests/{*name}", get(|State(l): State<Lab>, Path(n): Path<String>| async move { reply(l.guest_status(&n)) }))
+        .route("/impact/{*name}", get(|State(l): State<Lab>, Path(n): Path<String>| async move { reply(l.impact_of(&n)) }))
+        .route(
+            "/workloads",
+            get(|State(l): State<Lab>, Query(f): Query<WorkloadFilter>| async move { reply(l.k8s_workloads(&f)) }),
+        )
+        .route(
+            "/inventory",
+            get(|State(l): State<Lab>| async move {
+                let snap = l.snapshot();
+                Json(serde_json::json!({
+                    "lab": l.name(),
+                    "entities": snap.inventory.entities(),
+                    "relations": snap.inventory.relations(),
+                    "freshness": l.freshness(&snap),
+                }))
+            }),
+        )
+        .with_state(lab);
+    let guard_state = Guard { token: Arc::from(opts.token.as_str()), allowed_hosts: Arc::new(opts.allowed_hosts.clone()) };
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .nest("/api/v1", api)
+        .nest_service("/mcp", mcp)
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/summary or /mcp") })
+        .layer(RequestBodyLimitLayer::new(opts.max_body_bytes))
+        .layer(middleware::from_fn_with_state(guard_state, guard))
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    lab: Lab,
+    opts: HttpOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(opts.listen).await?;
+    let app = router(lab, &opts);
+    tracing::info!(listen = %listener.local_addr()?, "labops is serving MCP at /mcp and REST at /api/v1");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_checked_without_ports() {
+        let allowed = vec!["labops.homelab".to_string()];
+        assert!(host_allowed("127.0.0.1:8080", &allowed));
+        assert!(host_allowed("[::1]:8080", &allowed));
+        assert!(host_allowed("LabOps.homelab:443", &allowed));
+        assert!(!host_allowed("evil.example:8080", &allowed));
+        assert!(!host_allowed("127.0.0.1.evil.example", &allowed));
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(same_token(b"abc", b"abc"));
+        assert!(!same_token(b"abc", b"abd"));
+        assert!(!same_token(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,285 @@
+//! The MCP server: tools, the inventory resource and prompts, over any rmcp transport.
+//!
+//! Every tool is a thin wrapper around one [`labops_engine::service`] function. Tools that take a
+//! name resolve it through the core resolver; an unknown or ambiguous name comes back as a tool
+//! error (`isError: true`) whose structured content lists the real candidates, so the model can
+//! ask again precisely instead of guessing. Every call is audited.
+
+use labops_core::inventory::EntityKind;
+use labops_engine::lab::now_ms;
+use labops_engine::service::{
+    EntityDetail, EntityList, GuestStatus, ImpactReport, ListFilter, NodeStatus, Resolved, ServiceError, Summary,
+    WorkloadFilter, WorkloadList,
+};
+use labops_engine::Lab;
+use labops_store::AuditEntry;
+use rmcp::handler::server::router::prompt::PromptRouter;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, ListResourcesResult, PaginatedRequestParams, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, Role, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router, ErrorData, Json, RoleServer, ServerHandler};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// URI of the inventory resource.
+pub const INVENTORY_URI: &str = "labops://inventory";
+
+/// The labops MCP service; one per connection, sharing the [`Lab`].
+#[derive(Clone)]
+pub struct LabMcp {
+    lab: Lab,
+    actor: &'static str,
+    tool_router: ToolRouter<Self>,
+    prompt_router: PromptRouter<Self>,
+}
+
+impl std::fmt::Debug for LabMcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabMcp").field("actor", &self.actor).finish_non_exhaustive()
+    }
+}
+
+/// Arguments of tools that take one entity.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NameArgs {
+    /// The entity: a name (`still-fawn`, `haos`), a VMID (`108`), `namespace/name` for Kubernetes
+    /// objects, `node/storage` for storage, or an id (`vm/108`). Never a guess: an unknown or
+    /// ambiguous name returns the real candidates.
+    pub name: String,
+}
+
+/// Arguments of `resolve`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveArgs {
+    /// The name to resolve (see `get_entity`).
+    pub name: String,
+    /// Only accept an entity of this kind.
+    #[serde(default)]
+    pub kind: Option<EntityKind>,
+}
+
+/// Arguments of the `diagnose` prompt.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DiagnoseArgs {
+    /// What is wrong, in your words ("Home Assistant is unreachable").
+    pub symptom: String,
+    /// The entity involved, if you know it.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Arguments of the `plan_change` prompt.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PlanChangeArgs {
+    /// The change you want ("add a 2TB NVMe to still-fawn and grow the pool").
+    pub request: String,
+}
+
+fn tool_error(e: &ServiceError) -> CallToolResult {
+    let mut r = CallToolResult::structured_error(serde_json::to_value(e).unwrap_or_default());
+    // Lead with a sentence for the model and the human; the JSON follows in structured content.
+    r.content = vec![ContentBlock::text(e.to_string())];
+    r
+}
+
+#[tool_router]
+impl LabMcp {
+    /// A new service for one connection; `actor` names the transport in the audit log.
+    pub fn new(lab: Lab, actor: &'static str) -> Self {
+        Self { lab, actor, tool_router: Self::tool_router(), prompt_router: Self::prompt_router() }
+    }
+
+    fn audit<T>(&self, action: &str, target: Option<&str>, args: serde_json::Value, r: &Result<T, ServiceError>) {
+        self.lab.audit(AuditEntry {
+            at_ms: now_ms(),
+            actor: self.actor.to_string(),
+            action: action.to_string(),
+            target: target.map(str::to_owned),
+            outcome: match r {
+                Ok(_) => "ok".into(),
+                Err(e) => format!("error: {e}"),
+            },
+            detail: args,
+        });
+    }
+
+    fn answer<T>(&self, action: &str, target: Option<&str>, args: serde_json::Value, r: Result<T, ServiceError>) -> Result<Json<T>, CallToolResult> {
+        self.audit(action, target, args, &r);
+        r.map(Json).map_err(|e| tool_error(&e))
+    }
+
+    /// Counts of everything in the lab, each Proxmox node with its guests, each Kubernetes node
+    /// with the VM that hosts it, current warnings (offline nodes, lost quorum), and how fresh
+    /// each source's data is. Start here.
+    #[tool(annotations(title = "Inventory summary", read_only_hint = true, open_world_hint = false))]
+    async fn inventory_summary(&self) -> Json<Summary> {
+        let s = self.lab.inventory_summary();
+        self.audit::<()>("inventory_summary", None, serde_json::Value::Null, &Ok(()));
+        Json(s)
+    }
+
+    /// Lists entities, optionally filtered by kind (proxmox_node, vm, lxc, storage, k8s_node,
+    /// namespace, workload, pod, service, ingress, host), node (Proxmox or Kubernetes node; an
+    /// unknown node is an error with candidates, never an empty list), status, or label.
+    #[tool(annotations(title = "List entities", read_only_hint = true, open_world_hint = false))]
+    async fn list_entities(&self, Parameters(f): Parameters<ListFilter>) -> Result<Json<EntityList>, CallToolResult> {
+        let r = self.lab.list_entities(&f);
+        self.answer("list_entities", f.node.as_deref(), serde_json::to_value(&f).unwrap_or_default(), r)
+    }
+
+    /// Kubernetes workloads (Deployments, StatefulSets, DaemonSets) with their pods, where each
+    /// pod runs, and the services in front; optionally for one namespace or node.
+    #[tool(annotations(title = "Kubernetes workloads", read_only_hint = true, open_world_hint = false))]
+    async fn k8s_workloads(&self, Parameters(f): Parameters<WorkloadFilter>) -> Result<Json<WorkloadList>, CallToolResult> {
+        let r = self.lab.k8s_workloads(&f);
+        self.answer("k8s_workloads", f.namespace.as_deref(), serde_json::to_value(&f).unwrap_or_default(), r)
+    }
+
+    /// Everything known about one entity, with what it depends on, what depends on it, and where
+    /// it runs (pod -> Kubernetes node -> VM -> Proxmox node).
+    #[tool(annotations(title = "Get entity", read_only_hint = true, open_world_hint = false))]
+    async fn get_entity(&self, Parameters(a): Parameters<NameArgs>) -> Result<Json<EntityDetail>, CallToolResult> {
+        let r = self.lab.get_entity(&a.name);
+        self.answer("get_entity", Some(&a.name), serde_json::json!({"name": a.name}), r)
+    }
+
+    /// Maps a name to exactly one real entity and its id, or fails with the nearest real names
+    /// (unknown) or every match (ambiguous). Use it before naming anything in an answer.
+    #[tool(annotations(title = "Resolve a name", read_only_hint = true, open_world_hint = false))]
+    async fn resolve(&self, Parameters(a): Parameters<ResolveArgs>) -> Result<Json<Resolved>, CallToolResult> {
+        let r = self.lab.resolve(&a.name, a.kind);
+        self.answer("resolve", Some(&a.name), serde_json::to_value(&a).unwrap_or_default(), r)
+    }
+
+    /// Status of a Proxmox or Kubernetes node: usage, guests, storage, the K3s nodes in its VMs
+    /// and their pods (or, for a Kubernetes node, its pods and the VM under it).
+    #[tool(annotations(title = "Node status", read_only_hint = true, open_world_hint = false))]
+    async fn node_status(&self, Parameters(a): Parameters<NameArgs>) -> Result<Json<NodeStatus>, CallToolResult> {
+        let r = self.lab.node_status(&a.name);
+        self.answer("node_status", Some(&a.name), serde_json::json!({"name": a.name}), r)
+    }
+
+    /// Status of a VM or LXC container (by name or VMID): state, usage, node, storage, and the
+    /// Kubernetes node running inside it.
+    #[tool(annotations(title = "Guest status", read_only_hint = true, open_world_hint = false))]
+    async fn guest_status(&self, Parameters(a): Parameters<NameArgs>) -> Result<Json<GuestStatus>, CallToolResult> {
+        let r = self.lab.guest_status(&a.name);
+        self.answer("guest_status", Some(&a.name), serde_json::json!({"name": a.name}), r)
+    }
+
+    /// What breaks if this entity goes down ("what breaks if still-fawn goes down?"): every
+    /// dependent VM, storage, Kubernetes node, pod, workload, service and ingress, each marked
+    /// `down` or `degraded`, with the dependency path.
+    #[tool(annotations(title = "Impact of an outage", read_only_hint = true, open_world_hint = false))]
+    async fn impact_of(&self, Parameters(a): Parameters<NameArgs>) -> Result<Json<ImpactReport>, CallToolResult> {
+        let r = self.lab.impact_of(&a.name);
+        self.answer("impact_of", Some(&a.name), serde_json::json!({"name": a.name}), r)
+    }
+}
+
+#[prompt_router]
+#[allow(missing_docs)] // the prompt macro generates undocumented helpers
+impl LabMcp {
+    /// Diagnose a problem in the lab from live data, naming only entities that exist.
+    #[prompt(name = "diagnose")]
+    async fn diagnose(&self, Parameters(a): Parameters<DiagnoseArgs>) -> Vec<PromptMessage> {
+        let target = a
+            .name
+            .map(|n| format!(" The owner points at {n:?}: call `resolve` on it first and use the id it returns."))
+            .unwrap_or_default();
+        vec![PromptMessage::new_text(
+            Role::User,
+            format!(
+                "Diagnose this homelab problem: {symptom:?}.{target}\n\
+                 Work only from labops tools: `inventory_summary` for the overview and warnings, \
+                 `get_entity`, `node_status` and `guest_status` for details, `impact_of` to see what \
+                 depends on a failing part. Never name a VM, node, service or path that a tool did not \
+                 return; if a name does not resolve, ask the owner which of the candidates they mean. \
+                 Check each answer's `freshness`: when it is degraded, say that the data may be stale. \
+                 End with the most likely cause, the evidence, and the next check to run.",
+                symptom = a.symptom
+            ),
+        )]
+    }
+
+    /// Plan a change to the lab as a reviewed proposal, grounded in the live inventory.
+    #[prompt(name = "plan_change")]
+    async fn plan_change(&self, Parameters(a): Parameters<PlanChangeArgs>) -> Vec<PromptMessage> {
+        vec![PromptMessage::new_text(
+            Role::User,
+            format!(
+                "Plan this change to the homelab: {request:?}.\n\
+                 First resolve every entity it mentions with `resolve` and read its state with \
+                 `get_entity`; use `impact_of` to find the blast radius. Then write a plan: the steps \
+                 in order, which need a human (hardware, approvals), how each step is checked, how \
+                 each is rolled back, and what could break. Do not execute anything: every change \
+                 in this lab goes through an approved change record.",
+                request = a.request
+            ),
+        )]
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+#[prompt_handler(router = self.prompt_router)]
+impl ServerHandler for LabMcp {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(
+            ServerCapabilities::builder().enable_tools().enable_resources().enable_prompts().build(),
+        );
+        info.server_info.name = "labops".into();
+        info.server_info.version = env!("CARGO_PKG_VERSION").into();
+        info.instructions = Some(format!(
+            "labops answers questions about the homelab {lab:?} from its live inventory (Proxmox VE, \
+             Kubernetes, declared hosts). Names are resolved exactly: an unknown or ambiguous name \
+             returns the real candidates, never a guess. Every answer carries `freshness`; when it \
+             is degraded the data is the last good snapshot.{demo}",
+            lab = self.lab.name(),
+            demo = if self.lab.is_demo() { " This is the DEMO lab (a simulated cluster)." } else { "" }
+        ));
+        info
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let mut r = Resource::new(INVENTORY_URI, "inventory")
+            .with_title("Lab inventory")
+            .with_description("Every entity of the lab with its links and each source's freshness, as JSON.");
+        r.mime_type = Some("application/json".into());
+        Ok(ListResourcesResult::with_all_items(vec![r]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        if request.uri != INVENTORY_URI {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {}; the only resource is {INVENTORY_URI}", request.uri),
+                None,
+            ));
+        }
+        let snap = self.lab.snapshot();
+        let body = serde_json::json!({
+            "lab": self.lab.name(),
+            "entities": snap.inventory.entities(),
+            "relations": snap.inventory.relations(),
+            "freshness": self.lab.freshness(&snap),
+        });
+        let mut contents = ResourceContents::text(body.to_string(), INVENTORY_URI);
+        if let ResourceContents::TextResourceContents { mime_type, .. } = &mut contents {
+            *mime_type = Some("application/json".into());
+        }
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}
