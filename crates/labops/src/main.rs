@@ -1,1 +1,408 @@
-fn main() {}
+//! The `labops` binary: parses the command line, loads the config, wires the lab, and calls the
+//! same service functions the MCP server and the REST API use.
+
+mod config;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use labops_core::inventory::EntityKind;
+use labops_core::resolve::ResolveError;
+use labops_engine::service::{ListFilter, ServiceError, WorkloadFilter};
+use labops_engine::{Lab, LabOptions, SourceSpec};
+use labops_integrations::{kubernetes, proxmox, static_hosts};
+
+/// labops: an AI operator for homelabs.
+#[derive(Debug, Parser)]
+#[command(name = "labops", version, about, long_about = None)]
+struct Cli {
+    /// Config file (default: $LABOPS_CONFIG, else ~/.config/labops/labops.toml).
+    #[arg(long, global = true, env = "LABOPS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the state database (default: [state] data_dir, else ~/.local/share/labops).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a commented config file to edit.
+    Init {
+        /// Where to write it (default: ~/.config/labops/labops.toml).
+        path: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check the config.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Serve MCP over stdio (for Claude Code and other MCP clients that spawn labops).
+    Mcp,
+    /// Serve MCP over Streamable HTTP at /mcp and the REST API at /api/v1.
+    Serve {
+        /// Address to listen on (default: [server] listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Sources, nodes and guests at a glance.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole inventory.
+    Inventory {
+        /// Print JSON (entities and relations) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List entities, with the same filters as the MCP tool.
+    List {
+        /// Only this kind (vm, lxc, proxmox_node, k8s_node, pod, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only entities placed on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only entities with this label (`key` or `key=value`).
+        #[arg(long)]
+        label: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Map a name to exactly one entity. Exit 0: resolved; 2: unknown; 3: ambiguous.
+    Resolve {
+        /// A name, VMID, namespace/name or id.
+        name: String,
+        /// Only accept this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entity with its links.
+    Get {
+        /// A name, VMID, namespace/name or id.
+        name: String,
+    },
+    /// What breaks if an entity goes down.
+    Impact {
+        /// A name, VMID, namespace/name or id.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kubernetes workloads and their pods.
+    Workloads {
+        /// Only this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only workloads with pods on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Report every error in the config at once, with field paths. Exit 1 on any error.
+    Validate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logs go to stderr: in `labops mcp` stdout belongs to the protocol.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "labops=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    labops_integrations::install_crypto_provider();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Init { path, force } => return init(path.clone(), *force),
+        Command::Config { command: ConfigCommand::Validate } => return validate(cli.config.as_deref()),
+        _ => {}
+    }
+    let loaded = config::load(cli.config.as_deref());
+    if !loaded.errors.is_empty() {
+        for p in &loaded.errors {
+            eprintln!("config error: {p}");
+        }
+        bail!("the config has {} error(s); fix them (see `labops config validate`)", loaded.errors.len());
+    }
+    for w in &loaded.warnings {
+        tracing::warn!(field = %w.path, "{}", w.message);
+    }
+    let cfg = loaded.config.expect("no errors means a config");
+    let configured = cfg.proxmox.is_some() || cfg.kubernetes.is_some() || !cfg.hosts.is_empty();
+    let lab = start_lab(&cfg, cli.data_dir.clone()).await?;
+
+    let code = match cli.command {
+        Command::Init { .. } | Command::Config { .. } => unreachable!("handled above"),
+        Command::Mcp => {
+            labops_server::serve_stdio(lab.clone()).await.map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
+            ExitCode::SUCCESS
+        }
+        Command::Serve { listen } => {
+            let token = cfg.server.bearer_token().map_err(anyhow::Error::msg)?;
+            let listen = listen.unwrap_or(cfg.server.listen.clone());
+            let opts = labops_server::http::HttpOptions {
+                listen: listen.parse().with_context(|| format!("--listen {listen:?} is not IP:PORT"))?,
+                token: token.expose().to_string(),
+                allowed_hosts: cfg.server.allowed_hosts.clone(),
+                max_body_bytes: cfg.server.max_body_bytes,
+            };
+            if lab.is_demo() {
+                eprintln!("DEMO LAB: serving a simulated Proxmox cluster (fakepve), not a real lab.");
+            }
+            labops_server::http::serve(lab.clone(), opts, shutdown_signal()).await.context("HTTP server")?;
+            ExitCode::SUCCESS
+        }
+        cmd => {
+            // One-shot commands: give the sources a moment for fresh data, then answer.
+            lab.wait_until_reported(Duration::from_secs(20)).await;
+            if !configured {
+                eprintln!(
+                    "No lab is configured. Try the demo lab with `scripts/demo-lab run`, or write a config with `labops init`."
+                );
+            }
+            one_shot(&lab, cmd)?
+        }
+    };
+    lab.shutdown();
+    Ok(code)
+}
+
+fn init(path: Option<PathBuf>, force: bool) -> anyhow::Result<ExitCode> {
+    let path = path.or_else(config::default_config_path).context("no config directory; pass a path")?;
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", path.display());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(&path, config::TEMPLATE).with_context(|| format!("write {}", path.display()))?;
+    println!("Wrote {}. Edit it, then run `labops --config {} config validate`.", path.display(), path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(explicit: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let l = config::load(explicit);
+    let what = l.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "defaults and environment (no file)".into());
+    for e in &l.errors {
+        println!("error: {e}");
+    }
+    for w in &l.warnings {
+        println!("warning: {w}");
+    }
+    if l.errors.is_empty() {
+        println!("{what}: valid ({} warning(s))", l.warnings.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{what}: {} error(s), {} warning(s)", l.errors.len(), l.warnings.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn start_lab(cfg: &config::Config, data_dir: Option<PathBuf>) -> anyhow::Result<Lab> {
+    let dir = data_dir
+        .or_else(|| cfg.state.data_dir.clone())
+        .or_else(|| dirs::data_dir().map(|d| d.join("labops")))
+        .context("no data directory; pass --data-dir")?;
+    let store = labops_store::Store::open(&dir.join("labops.db")).await?;
+    let mut sources = Vec::new();
+    if let Some(p) = &cfg.proxmox {
+        if p.insecure {
+            tracing::warn!(url = %p.url, "Proxmox certificates are not verified (insecure = true); set ca_file for a real lab");
+        }
+        let client = proxmox::Client::new(p.settings().map_err(anyhow::Error::msg)?)?;
+        sources.push(SourceSpec::Proxmox {
+            client: std::sync::Arc::new(client),
+            interval: Duration::from_secs(p.refresh_seconds.max(1)),
+        });
+    }
+    if let Some(k) = &cfg.kubernetes {
+        sources.push(SourceSpec::Kubernetes {
+            settings: kubernetes::Settings { kubeconfig: k.kubeconfig.clone(), context: k.context.clone() },
+            interval: Duration::from_secs(k.refresh_seconds.unwrap_or(2).max(1)),
+        });
+    }
+    if !cfg.hosts.is_empty() {
+        sources.push(SourceSpec::Static { part: static_hosts::to_part(&cfg.hosts) });
+    }
+    Ok(Lab::start(LabOptions { name: cfg.lab.name.clone(), demo: cfg.lab.demo, sources }, Some(store)).await)
+}
+
+fn parse_kind(k: Option<&str>) -> anyhow::Result<Option<EntityKind>> {
+    match k {
+        None => Ok(None),
+        Some(s) => EntityKind::parse(s).map(Some).with_context(|| {
+            format!(
+                "unknown kind {s:?}; kinds are {}",
+                EntityKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        }),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Prints a service error and returns the exit code: 2 unknown, 3 ambiguous, 1 otherwise.
+fn report(e: &ServiceError) -> ExitCode {
+    eprintln!("{}", render::service_error(e));
+    match e {
+        ServiceError::Resolve { error: ResolveError::Unknown { .. }, .. } => ExitCode::from(2),
+        ServiceError::Resolve { error: ResolveError::Ambiguous { .. }, .. } => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn one_shot(lab: &Lab, cmd: Command) -> anyhow::Result<ExitCode> {
+    Ok(match cmd {
+        Command::Status { json } => {
+            let s = lab.inventory_summary();
+            if json {
+                print_json(&s)?;
+            } else {
+                print!("{}", render::status(lab, &s));
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Inventory { json } => {
+            let snap = lab.snapshot();
+            if json {
+                print_json(&serde_json::json!({
+                    "lab": lab.name(),
+                    "entities": snap.inventory.entities(),
+                    "relations": snap.inventory.relations(),
+                    "freshness": lab.freshness(&snap),
+                }))?;
+            } else {
+                print!("{}", render::inventory(lab, &snap));
+            }
+            ExitCode::SUCCESS
+        }
+        Command::List { kind, node, status, label, json } => {
+            let f = ListFilter { kind: parse_kind(kind.as_deref())?, node, status, label, limit: Some(10_000) };
+            match lab.list_entities(&f) {
+                Ok(l) if json => {
+                    print_json(&l)?;
+                    ExitCode::SUCCESS
+                }
+                Ok(l) => {
+                    print!("{}", render::entity_list(&l));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report(&e),
+            }
+        }
+        Command::Resolve { name, kind, json } => match lab.resolve(&name, parse_kind(kind.as_deref())?) {
+            Ok(r) if json => {
+                print_json(&r)?;
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                println!("{}\t{}\t{}", r.entity.id, r.entity.kind, r.entity.status);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                if json {
+                    print_json(&e)?;
+                }
+                report(&e)
+            }
+        },
+        Command::Get { name } => match lab.get_entity(&name) {
+            Ok(d) => {
+                print_json(&d)?;
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&e),
+        },
+        Command::Impact { name, json } => match lab.impact_of(&name) {
+            Ok(r) if json => {
+                print_json(&r)?;
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                print!("{}", render::impact(&r));
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&e),
+        },
+        Command::Workloads { namespace, node, json } => match lab.k8s_workloads(&WorkloadFilter { namespace, node }) {
+            Ok(w) if json => {
+                print_json(&w)?;
+                ExitCode::SUCCESS
+            }
+            Ok(w) => {
+                print!("{}", render::workloads(&w));
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&e),
+        },
+        Command::Init { .. } | Command::Config { .. } | Command::Mcp | Command::Serve { .. } => {
+            unreachable!("not one-shot")
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

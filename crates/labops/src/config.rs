@@ -1,0 +1,687 @@
+//! `labops.toml`: typed config, environment overrides, secrets from files, and validation that
+//! reports every error at once with its field path.
+//!
+//! Layers, last wins: built-in defaults, the file (`--config` or `LABOPS_CONFIG`, else
+//! `$XDG_CONFIG_HOME/labops/labops.toml` when it exists), then `LABOPS_SECTION__FIELD`
+//! environment variables (`LABOPS_PROXMOX__URL`, `LABOPS_SERVER__TOKEN`) and `LABOPS_TOKEN` for
+//! the server token. `LABOPS_CONFIG`, `LABOPS_TOKEN` and `LABOPS_TEST_*` are reserved names, not
+//! config keys.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use labops_integrations::static_hosts::HostConfig;
+use labops_integrations::{proxmox, Secret, TlsTrust};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[lab]`: naming.
+    #[serde(default)]
+    pub lab: LabConfig,
+    /// `[state]`: where labops keeps its database.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// `[proxmox]`: the Proxmox VE cluster. Absent: no Proxmox source.
+    #[serde(default)]
+    pub proxmox: Option<ProxmoxConfig>,
+    /// `[kubernetes]`: the K3s cluster. Absent: no Kubernetes source.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConfig>,
+    /// `[server]`: the HTTP side (`labops serve`).
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[[hosts]]`: machines without an API.
+    #[serde(default)]
+    pub hosts: Vec<HostConfig>,
+}
+
+/// `[lab]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    /// Name shown in answers and on the dashboard.
+    #[serde(default = "default_lab_name")]
+    pub name: String,
+    /// Marks this as the demo lab: every answer says so. Set by `scripts/demo-lab`.
+    #[serde(default)]
+    pub demo: bool,
+}
+
+fn default_lab_name() -> String {
+    "homelab".into()
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self { name: default_lab_name(), demo: false }
+    }
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory of the SQLite database. Default: `$XDG_DATA_HOME/labops` (`~/.local/share/labops`).
+    /// `--data-dir` overrides it.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `[proxmox]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxmoxConfig {
+    /// API base URL, `https://HOST:8006`.
+    pub url: String,
+    /// User for ticket login (`root@pam`), with `password` or `password_file`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password for ticket login. Prefer `password_file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// File holding the password (first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// API token id, `USER@REALM!NAME`, with `token_secret` or `token_secret_file`.
+    #[serde(default)]
+    pub token_id: Option<String>,
+    /// API token secret. Prefer `token_secret_file`.
+    #[serde(default)]
+    pub token_secret: Option<String>,
+    /// File holding the token secret (first line).
+    #[serde(default)]
+    pub token_secret_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the cluster's certificates (`/etc/pve/pve-root-ca.pem`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate. Only for a lab you trust; labops warns at every start.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Seconds between refreshes (default 15).
+    #[serde(default = "default_pve_refresh")]
+    pub refresh_seconds: u64,
+    /// Seconds before a request gives up (default 10).
+    #[serde(default = "default_pve_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_pve_refresh() -> u64 {
+    15
+}
+fn default_pve_timeout() -> u64 {
+    10
+}
+
+/// `[kubernetes]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Kubeconfig file. Default: the usual inference (KUBECONFIG, ~/.kube/config, in-cluster).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context in the kubeconfig. Default: its current context.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Seconds between folds of the watch cache into the inventory (default 2).
+    #[serde(default)]
+    pub refresh_seconds: Option<u64>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address for `labops serve` (default `127.0.0.1:8080`).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token for HTTP clients. Prefer `token_file` or `LABOPS_TOKEN`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding the bearer token (first line).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Host names accepted in the Host header besides loopback (`labops.homelab`).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Largest request body in bytes (default 1 MiB).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            token: None,
+            token_file: None,
+            allowed_hosts: Vec::new(),
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+/// One problem in the config.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// Dotted field path (`proxmox.url`, `hosts[1].name`).
+    pub path: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// The outcome of loading: the config when it is usable, and every error and warning.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The config; `None` when there are errors.
+    pub config: Option<Config>,
+    /// Where it came from (`None`: no file, defaults and environment only).
+    pub file: Option<PathBuf>,
+    /// Errors: the config cannot be used.
+    pub errors: Vec<Problem>,
+    /// Warnings: usable, but worth fixing.
+    pub warnings: Vec<Problem>,
+}
+
+/// The default config file location, `$XDG_CONFIG_HOME/labops/labops.toml`.
+pub fn default_config_path() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("labops").join("labops.toml"))
+}
+
+/// The file to read: the explicit one, else the default one when it exists.
+pub fn config_file(explicit: Option<&Path>) -> Option<PathBuf> {
+    explicit.map(Path::to_path_buf).or_else(|| default_config_path().filter(|p| p.exists()))
+}
+
+fn figment(file: Option<&Path>) -> Figment {
+    let mut f = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = file {
+        f = f.merge(Toml::file_exact(path));
+    }
+    f = f.merge(
+        Env::prefixed("LABOPS_")
+            .filter(|k| {
+                let k = k.as_str().to_ascii_lowercase();
+                k != "config" && k != "token" && !k.starts_with("test_")
+            })
+            .split("__"),
+    );
+    if let Ok(t) = std::env::var("LABOPS_TOKEN") {
+        f = f.merge(Serialized::default("server.token", t));
+    }
+    f
+}
+
+/// Known fields per section, for per-field checks and unknown-key errors.
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("lab", &["name", "demo"]),
+    ("state", &["data_dir"]),
+    (
+        "proxmox",
+        &[
+            "url",
+            "user",
+            "password",
+            "password_file",
+            "token_id",
+            "token_secret",
+            "token_secret_file",
+            "ca_file",
+            "insecure",
+            "refresh_seconds",
+            "timeout_seconds",
+        ],
+    ),
+    ("kubernetes", &["kubeconfig", "context", "refresh_seconds"]),
+    ("server", &["listen", "token", "token_file", "allowed_hosts", "max_body_bytes"]),
+];
+const HOST_FIELDS: &[&str] = &["name", "address", "role", "labels"];
+
+fn check_field<T: DeserializeOwned>(f: &Figment, path: &str, errors: &mut Vec<Problem>) {
+    if f.find_value(path).is_ok() {
+        if let Err(e) = f.extract_inner::<Option<T>>(path) {
+            errors.push(Problem { path: path.into(), message: clean_figment(&e) });
+        }
+    }
+}
+
+fn clean_figment(e: &figment::Error) -> String {
+    // figment appends "for key ... in ..." which repeats the path; keep the kind of error.
+    let s = e.kind.to_string();
+    s.replace("invalid type: found", "expected another type; found")
+}
+
+/// Loads and validates. Never fails: problems are returned, all of them.
+pub fn load(explicit: Option<&Path>) -> Loaded {
+    let file = config_file(explicit);
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    if let Some(p) = &file {
+        if let Err(e) = std::fs::metadata(p) {
+            errors.push(Problem {
+                path: p.display().to_string(),
+                message: format!("cannot read the config file: {e}; run `labops init` to write one"),
+            });
+            return Loaded { config: None, file, errors, warnings };
+        }
+        // Syntax errors first: nothing else is meaningful without a parse.
+        match std::fs::read_to_string(p).map(|s| s.parse::<toml::Table>()) {
+            Ok(Err(e)) => {
+                let at = e.span().map(|s| line_col(&std::fs::read_to_string(p).unwrap_or_default(), s.start));
+                errors.push(Problem {
+                    path: match at {
+                        Some((l, c)) => format!("{}:{l}:{c}", p.display()),
+                        None => p.display().to_string(),
+                    },
+                    message: format!("not valid TOML: {}", e.message()),
+                });
+                return Loaded { config: None, file, errors, warnings };
+            }
+            Err(e) => {
+                errors.push(Problem { path: p.display().to_string(), message: format!("cannot read: {e}") });
+                return Loaded { config: None, file, errors, warnings };
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+    let f = figment(file.as_deref());
+
+    // Unknown sections and keys.
+    if let Ok(root) = f.extract::<BTreeMap<String, figment::value::Value>>() {
+        for (key, value) in &root {
+            if key == "hosts" {
+                continue;
+            }
+            match SECTIONS.iter().find(|(s, _)| s == key) {
+                None => errors.push(Problem {
+                    path: key.clone(),
+                    message: format!(
+                        "unknown section; known sections: {}, hosts",
+                        SECTIONS.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
+                    ),
+                }),
+                Some((_, fields)) => {
+                    if let Some(dict) = value.as_dict() {
+                        for k in dict.keys() {
+                            if !fields.contains(&k.as_str()) {
+                                errors.push(Problem {
+                                    path: format!("{key}.{k}"),
+                                    message: format!("unknown field; known fields: {}", fields.join(", ")),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Types, field by field, so every bad field is reported.
+    check_field::<String>(&f, "lab.name", &mut errors);
+    check_field::<bool>(&f, "lab.demo", &mut errors);
+    check_field::<PathBuf>(&f, "state.data_dir", &mut errors);
+    for k in ["url", "user", "password", "token_id", "token_secret"] {
+        check_field::<String>(&f, &format!("proxmox.{k}"), &mut errors);
+    }
+    for k in ["password_file", "token_secret_file", "ca_file"] {
+        check_field::<PathBuf>(&f, &format!("proxmox.{k}"), &mut errors);
+    }
+    check_field::<bool>(&f, "proxmox.insecure", &mut errors);
+    check_field::<u64>(&f, "proxmox.refresh_seconds", &mut errors);
+    check_field::<u64>(&f, "proxmox.timeout_seconds", &mut errors);
+    check_field::<PathBuf>(&f, "kubernetes.kubeconfig", &mut errors);
+    check_field::<String>(&f, "kubernetes.context", &mut errors);
+    check_field::<u64>(&f, "kubernetes.refresh_seconds", &mut errors);
+    check_field::<String>(&f, "server.listen", &mut errors);
+    check_field::<String>(&f, "server.token", &mut errors);
+    check_field::<PathBuf>(&f, "server.token_file", &mut errors);
+    check_field::<Vec<String>>(&f, "server.allowed_hosts", &mut errors);
+    check_field::<usize>(&f, "server.max_body_bytes", &mut errors);
+    if let Ok(hosts) = f.extract_inner::<Vec<figment::value::Value>>("hosts") {
+        for (i, h) in hosts.iter().enumerate() {
+            let Some(dict) = h.as_dict() else {
+                errors.push(Problem { path: format!("hosts[{i}]"), message: "expected a table ([[hosts]])".into() });
+                continue;
+            };
+            for k in dict.keys().filter(|k| !HOST_FIELDS.contains(&k.as_str())) {
+                errors.push(Problem {
+                    path: format!("hosts[{i}].{k}"),
+                    message: format!("unknown field; known fields: {}", HOST_FIELDS.join(", ")),
+                });
+            }
+            if !dict.contains_key("name") {
+                errors.push(Problem { path: format!("hosts[{i}].name"), message: "missing; every host needs a name".into() });
+            }
+        }
+    } else if f.find_value("hosts").is_ok() {
+        errors.push(Problem { path: "hosts".into(), message: "expected a list of tables ([[hosts]])".into() });
+    }
+
+    let config = if errors.is_empty() {
+        match f.extract::<Config>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                for e in e {
+                    let path = if e.path.is_empty() { "config".into() } else { e.path.join(".") };
+                    errors.push(Problem { path, message: clean_figment(&e) });
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(c) = &config {
+        semantic_checks(c, &mut errors, &mut warnings);
+    }
+    errors.sort();
+    errors.dedup();
+    let config = if errors.is_empty() { config } else { None };
+    Loaded { config, file, errors, warnings }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Problem>) {
+    let mut err = |path: &str, message: String| errors.push(Problem { path: path.into(), message });
+    if let Some(p) = &c.proxmox {
+        match p.url.split_once("://") {
+            Some(("https" | "http", rest)) if !rest.is_empty() => {}
+            _ => err("proxmox.url", format!("{:?} is not an http(s) URL; expected https://HOST:8006", p.url)),
+        }
+        let token = p.token_id.is_some() || p.token_secret.is_some() || p.token_secret_file.is_some();
+        let password = p.user.is_some() || p.password.is_some() || p.password_file.is_some();
+        match (token, password) {
+            (true, true) => err(
+                "proxmox",
+                "both an API token (token_id...) and a password login (user...) are set; keep one".into(),
+            ),
+            (false, false) => err(
+                "proxmox",
+                "no credentials: set token_id with token_secret or token_secret_file, or user with password or password_file".into(),
+            ),
+            (true, false) => {
+                match &p.token_id {
+                    None => err("proxmox.token_id", "missing; expected USER@REALM!NAME (root@pam!labops)".into()),
+                    Some(id) if !(id.contains('@') && id.contains('!')) => {
+                        err("proxmox.token_id", format!("{id:?} is not USER@REALM!NAME (root@pam!labops)"))
+                    }
+                    _ => {}
+                }
+                secret_source(&mut err, "proxmox.token_secret", &p.token_secret, &p.token_secret_file);
+            }
+            (false, true) => {
+                match &p.user {
+                    None => err("proxmox.user", "missing; expected USER@REALM (root@pam)".into()),
+                    Some(u) if !u.contains('@') => err("proxmox.user", format!("{u:?} has no realm; expected USER@REALM (root@pam)")),
+                    _ => {}
+                }
+                secret_source(&mut err, "proxmox.password", &p.password, &p.password_file);
+            }
+        }
+        if let Some(ca) = &p.ca_file {
+            if p.insecure {
+                err("proxmox", "ca_file and insecure = true are both set; keep ca_file".into());
+            }
+            if !ca.exists() {
+                err("proxmox.ca_file", format!("{} does not exist", ca.display()));
+            }
+        }
+        if p.refresh_seconds == 0 {
+            err("proxmox.refresh_seconds", "must be at least 1".into());
+        }
+        if p.timeout_seconds == 0 {
+            err("proxmox.timeout_seconds", "must be at least 1".into());
+        }
+        if p.insecure {
+            warnings.push(Problem {
+                path: "proxmox.insecure".into(),
+                message: "certificates are not verified; set ca_file to the cluster's CA (/etc/pve/pve-root-ca.pem)".into(),
+            });
+        }
+        if p.password.is_some() || p.token_secret.is_some() {
+            warnings.push(Problem {
+                path: "proxmox".into(),
+                message: "a secret is written in the config; prefer password_file or token_secret_file".into(),
+            });
+        }
+    }
+    if let Some(k) = &c.kubernetes {
+        if let Some(path) = &k.kubeconfig {
+            if !path.exists() {
+                err("kubernetes.kubeconfig", format!("{} does not exist", path.display()));
+            }
+        }
+        if k.refresh_seconds == Some(0) {
+            err("kubernetes.refresh_seconds", "must be at least 1".into());
+        }
+    }
+    if c.server.listen.parse::<SocketAddr>().is_err() {
+        err("server.listen", format!("{:?} is not an address; expected IP:PORT (127.0.0.1:8080)", c.server.listen));
+    }
+    if c.server.token.is_some() && c.server.token_file.is_some() {
+        err("server", "token and token_file are both set; keep one".into());
+    }
+    if let Some(f) = &c.server.token_file {
+        if !f.exists() {
+            err("server.token_file", format!("{} does not exist", f.display()));
+        }
+    }
+    if c.server.token.as_deref().is_some_and(|t| t.trim().len() < 16) {
+        err("server.token", "shorter than 16 characters; use a long random token (openssl rand -hex 32)".into());
+    }
+    if c.server.max_body_bytes < 1024 || c.server.max_body_bytes > 64 * 1024 * 1024 {
+        err("server.max_body_bytes", format!("{} is out of range; use 1024..=67108864", c.server.max_body_bytes));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, h) in c.hosts.iter().enumerate() {
+        if h.name.trim().is_empty() {
+            err(&format!("hosts[{i}].name"), "empty".into());
+        } else if !seen.insert(h.name.to_lowercase()) {
+            err(&format!("hosts[{i}].name"), format!("{:?} is declared twice; host names must be unique", h.name));
+        }
+    }
+    if c.proxmox.is_none() && c.kubernetes.is_none() && c.hosts.is_empty() {
+        warnings.push(Problem {
+            path: "config".into(),
+            message: "no source is configured ([proxmox], [kubernetes] or [[hosts]]): the inventory will be empty".into(),
+        });
+    }
+}
+
+fn secret_source(err: &mut impl FnMut(&str, String), path: &str, inline: &Option<String>, file: &Option<PathBuf>) {
+    match (inline, file) {
+        (Some(_), Some(_)) => err(path, format!("both {path} and {path}_file are set; keep one")),
+        (None, None) => err(path, format!("missing; set {path} or {path}_file")),
+        (None, Some(f)) if !f.exists() => err(&format!("{path}_file"), format!("{} does not exist", f.display())),
+        _ => {}
+    }
+}
+
+/// Reads a secret from its inline value or its file (first line, trimmed).
+pub fn read_secret(inline: &Option<String>, file: &Option<PathBuf>, what: &str) -> Result<Secret, String> {
+    if let Some(s) = inline {
+        return Ok(Secret::new(s.trim()));
+    }
+    let Some(path) = file else { return Err(format!("no {what} is configured")) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} from {}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    if line.is_empty() {
+        return Err(format!("{} is empty; it should hold the {what}", path.display()));
+    }
+    Ok(Secret::new(line))
+}
+
+impl ProxmoxConfig {
+    /// Client settings with secrets read.
+    pub fn settings(&self) -> Result<proxmox::Settings, String> {
+        let auth = match &self.token_id {
+            Some(id) => proxmox::Auth::Token {
+                id: id.clone(),
+                secret: read_secret(&self.token_secret, &self.token_secret_file, "proxmox token secret")?,
+            },
+            None => proxmox::Auth::Password {
+                user: self.user.clone().unwrap_or_default(),
+                password: read_secret(&self.password, &self.password_file, "proxmox password")?,
+            },
+        };
+        let tls = match (&self.ca_file, self.insecure) {
+            (Some(ca), _) => TlsTrust::Ca(
+                std::fs::read(ca).map_err(|e| format!("cannot read proxmox.ca_file {}: {e}", ca.display()))?,
+            ),
+            (None, true) => TlsTrust::Insecure,
+            (None, false) => TlsTrust::System,
+        };
+        Ok(proxmox::Settings {
+            url: self.url.trim_end_matches('/').to_string(),
+            auth,
+            tls,
+            timeout: Duration::from_secs(self.timeout_seconds.max(1)),
+            concurrency: 8,
+        })
+    }
+}
+
+impl ServerConfig {
+    /// The bearer token, from the config, its file, or `LABOPS_TOKEN` (already merged).
+    pub fn bearer_token(&self) -> Result<Secret, String> {
+        read_secret(&self.token, &self.token_file, "server token").map_err(|_| {
+            "labops serve needs a bearer token: set [server] token_file (or token), or LABOPS_TOKEN".to_string()
+        })
+    }
+}
+
+/// The commented config `labops init` writes. Every key is documented.
+pub const TEMPLATE: &str = include_str!("../labops.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("labops.toml");
+        std::fs::write(&p, text).unwrap();
+        load(Some(&p))
+    }
+
+    #[test]
+    fn the_init_template_parses_and_only_asks_for_the_secret_file() {
+        let l = load_text(TEMPLATE);
+        let paths: Vec<&str> = l.errors.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["proxmox.token_secret_file"], "{:?}", l.errors);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_path() {
+        let l = load_text(
+            r#"
+[lab]
+nmae = "typo"
+[proxmox]
+url = "ftp://x"
+user = "root"
+refresh_seconds = "often"
+insecure = "yes"
+[server]
+listen = "localhost"
+token = "short"
+[bogus]
+x = 1
+[[hosts]]
+name = "nas"
+[[hosts]]
+name = "NAS"
+colour = "red"
+"#,
+        );
+        let paths: Vec<&str> = l.errors.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "lab.nmae",
+            "proxmox.refresh_seconds",
+            "proxmox.insecure",
+            "bogus",
+            "hosts[1].colour",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+        assert!(l.config.is_none());
+    }
+
+    #[test]
+    fn semantic_errors_are_collected_too() {
+        let l = load_text(
+            r#"
+[proxmox]
+url = "ftp://x"
+user = "root"
+[server]
+listen = "localhost"
+token = "short"
+[[hosts]]
+name = "nas"
+[[hosts]]
+name = "NAS"
+"#,
+        );
+        let paths: Vec<&str> = l.errors.iter().map(|p| p.path.as_str()).collect();
+        for want in ["proxmox.url", "proxmox.user", "proxmox.password", "server.listen", "server.token", "hosts[1].name"] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn toml_syntax_errors_point_at_line_and_column() {
+        let l = load_text("[proxmox]\nurl = \"https://x\n");
+        assert_eq!(l.errors.len(), 1);
+        assert!(l.errors[0].path.ends_with(":2:7") || l.errors[0].path.contains(":2:"), "{:?}", l.errors);
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_are_not_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "s3cr3t-value\n").unwrap();
+        let s = read_secret(&None, &Some(f), "test").unwrap();
+        assert_eq!(s.expose(), "s3cr3t-value");
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+        let cfg = ProxmoxConfig {
+            url: "https://pve:8006".into(),
+            user: Some("root@pam".into()),
+            password: Some("pw-canary".into()),
+            password_file: None,
+            token_id: None,
+            token_secret: None,
+            token_secret_file: None,
+            ca_file: None,
+            insecure: true,
+            refresh_seconds: 15,
+            timeout_seconds: 10,
+        };
+        assert!(!format!("{:?}", cfg.settings().unwrap()).contains("pw-canary"));
+    }
+}
