@@ -125,7 +125,7 @@ fn service_error(e: ServiceError) -> Response {
         _ => StatusCode::BAD_REQUEST,
     };
     let mut body = serde_json::to_value(&e).unwrap_or_default();
-    body["error"] = serde_json::Value::String(e.to_string());
+    body["message"] = serde_json::Value::String(e.to_string());
     (status, Json(body)).into_response()
 }
 

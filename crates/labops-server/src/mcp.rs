@@ -17,7 +17,7 @@ use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, ListResourcesResult, PaginatedRequestParams, PromptMessage, ReadResourceRequestParams,
+    CallToolResult, ContentBlock, ListResourcesResult, LoggingLevel, SetLevelRequestParams, PaginatedRequestParams, PromptMessage, ReadResourceRequestParams,
     ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, Role, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
@@ -35,6 +35,7 @@ pub struct LabMcp {
     actor: &'static str,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
+    log_level: std::sync::Arc<std::sync::Mutex<LoggingLevel>>,
 }
 
 impl std::fmt::Debug for LabMcp {
@@ -92,7 +93,13 @@ fn tool_error(e: &ServiceError) -> CallToolResult {
 impl LabMcp {
     /// A new service for one connection; `actor` names the transport in the audit log.
     pub fn new(lab: Lab, actor: &'static str) -> Self {
-        Self { lab, actor, tool_router: Self::tool_router(), prompt_router: Self::prompt_router() }
+        Self {
+            lab,
+            actor,
+            tool_router: Self::tool_router(),
+            prompt_router: Self::prompt_router(),
+            log_level: std::sync::Arc::new(std::sync::Mutex::new(LoggingLevel::Info)),
+        }
     }
 
     fn audit<T>(&self, action: &str, target: Option<&str>, args: serde_json::Value, r: &Result<T, ServiceError>) {
@@ -231,7 +238,7 @@ impl LabMcp {
 impl ServerHandler for LabMcp {
     fn get_info(&self) -> ServerConfig {
         let mut info = ServerConfig::new(
-            ServerCapabilities::builder().enable_tools().enable_resources().enable_prompts().build(),
+            ServerCapabilities::builder().enable_tools().enable_resources().enable_prompts().enable_logging().build(),
         );
         info.server_info.name = "labops".into();
         info.server_info.version = env!("CARGO_PKG_VERSION").into();
@@ -244,6 +251,15 @@ impl ServerHandler for LabMcp {
             demo = if self.lab.is_demo() { " This is the DEMO lab (a simulated cluster)." } else { "" }
         ));
         info
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self.log_level.lock().expect("log level lock") = request.level;
+        Ok(())
     }
 
     async fn list_resources(

@@ -1,0 +1,81 @@
+"""The MCP inspector CLI (stdio and HTTP) and the MCP conformance suite against labops.
+
+The conformance suite sends no bearer token, so it talks to labops through token_proxy.py. Its
+results are printed (they appear in CI output); scenarios labops is expected to fail are listed
+with their reasons in conformance-baseline.yml, and the suite fails on any other failure and on
+a listed scenario that starts passing.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from test_mcp_clients import LABOPS, ROOT, TOOLS, free_port, lab, served  # noqa: F401 (fixtures)
+
+HERE = pathlib.Path(__file__).resolve().parent
+BIN = HERE / 'node_modules' / '.bin'
+
+
+def inspector(*args, target):
+    out = subprocess.run([str(BIN / 'mcp-inspector'), '--cli', *target, *args], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize('transport', ['stdio', 'http'])
+def test_inspector_lists_and_calls_every_tool(lab, served, transport):
+    def run(method, *extra):
+        if transport == 'stdio':
+            target = [LABOPS, '--method', method, *extra, '--', '--config', lab['config'], 'mcp']
+        else:
+            target = [served['url'], '--transport', 'http', '--header', 'Authorization: Bearer ' + served['token'],
+                      '--method', method, *extra]
+        return inspector(target=target)
+
+    tools = run('tools/list')['tools']
+    assert {t['name'] for t in tools} == TOOLS
+    calls = {
+        'inventory_summary': [],
+        'list_entities': ['--tool-arg', 'kind=lxc'],
+        'k8s_workloads': [],
+        'get_entity': ['--tool-arg', 'name=proxmox-backup-server'],
+        'resolve': ['--tool-arg', 'name=still-fawn'],
+        'node_status': ['--tool-arg', 'name=fun-bedbug'],
+        'guest_status': ['--tool-arg', 'name=114'],
+        'impact_of': ['--tool-arg', 'name=pumped-piglet'],
+    }
+    for name, args in calls.items():
+        r = run('tools/call', '--tool-name', name, *args)
+        assert not r.get('isError'), (name, r)
+        assert 'freshness' in r['structuredContent'], name
+    assert run('tools/call', '--tool-name', 'list_entities', '--tool-arg', 'kind=lxc')['structuredContent']['entities'][0]['id'] == 'lxc/103'
+    assert run('tools/call', '--tool-name', 'guest_status', '--tool-arg', 'name=114')['structuredContent']['guest']['name'] == 'k3s-vm-fun-bedbug'
+    bad = run('tools/call', '--tool-name', 'get_entity', '--tool-arg', 'name=fun-bedbog')
+    assert bad.get('isError') is True
+    res = run('resources/read', '--uri', 'labops://inventory')
+    assert len(json.loads(res['contents'][0]['text'])['entities']) == 22
+    assert {p['name'] for p in run('prompts/list')['prompts']} == {'diagnose', 'plan_change'}
+
+
+def test_conformance_suite(lab, served, tmp_path):
+    token = tmp_path / 'token'
+    token.write_text(served['token'])
+    upstream = served['url'].rsplit('/mcp', 1)[0]
+    proxy = subprocess.Popen([sys.executable, str(HERE / 'token_proxy.py'), '--upstream', upstream,
+                              '--token-file', str(token)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proxy.stdout.readline())
+        out = subprocess.run([str(BIN / 'conformance'), 'server', '--url', 'http://127.0.0.1:{0}/mcp'.format(port),
+                              '--expected-failures', str(HERE / 'conformance-baseline.yml')],
+                             capture_output=True, text=True, timeout=900)
+        summary = out.stdout[out.stdout.find('=== SUMMARY ==='):]
+        print(summary)  # the suite's results, in CI output
+        assert out.returncode == 0, summary + out.stderr[-2000:]
+    finally:
+        proxy.kill()
+        proxy.wait()

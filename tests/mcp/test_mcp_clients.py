@@ -1,0 +1,175 @@
+"""The official MCP Python SDK against labops, over stdio and Streamable HTTP.
+
+Run by scripts/test (pytest). Needs: the release binary (cargo build --release), fakepve and mcp
+installed in the Python that runs pytest, and ../shared beside the repository.
+"""
+
+import asyncio
+import json
+import os
+import pathlib
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx2
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SHARED = pathlib.Path(os.environ.get('LABOPS_TEST_SHARED', ROOT.parent / 'shared'))
+LABOPS = os.environ.get('LABOPS_TEST_BIN', str(ROOT / 'target' / 'release' / 'labops'))
+TOOLS = {'inventory_summary', 'list_entities', 'k8s_workloads', 'get_entity', 'resolve', 'node_status',
+         'guest_status', 'impact_of'}
+
+
+@pytest.fixture(scope='module')
+def lab():
+    """A fakepve serving the reference homelab, and a labops config for it."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix='labops-mcp-'))
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'testkit' / 'fakepve_lab.py'), '--dir', str(tmp / 'pve'),
+                             '--guests', str(SHARED / 'reference' / 'homelab' / 'fakepve-lab.json')],
+                            stdout=subprocess.PIPE, text=True)
+    info = json.loads(proc.stdout.readline())
+    (tmp / 'pw').write_text('secret\n')
+    token = secrets.token_hex(16)
+    cfg = tmp / 'labops.toml'
+    cfg.write_text('[lab]\nname = "mcp test lab"\n[state]\ndata_dir = "{0}"\n[proxmox]\nurl = "{1}"\nuser = "root@pam"\n'
+                   'password_file = "{2}"\nca_file = "{3}"\n[[hosts]]\nname = "nas"\n'.format(
+                       tmp / 'state', info['url'], tmp / 'pw', info['cafile']))
+    # Prime the store so the first answers are complete.
+    subprocess.run([LABOPS, '--config', str(cfg), 'status'], check=True, capture_output=True)
+    yield {'config': str(cfg), 'token': token}
+    proc.kill()
+    proc.wait()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def served(lab):
+    port = free_port()
+    env = dict(os.environ, LABOPS_TOKEN=lab['token'])
+    proc = subprocess.Popen([LABOPS, '--config', lab['config'], 'serve', '--listen', '127.0.0.1:{0}'.format(port)],
+                            env=env, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while True:
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.time() < deadline, 'labops serve did not start'
+            time.sleep(0.05)
+    yield {'url': 'http://127.0.0.1:{0}/mcp'.format(port), 'token': lab['token']}
+    proc.terminate()
+    proc.wait()
+
+
+async def exercise(session):
+    """Lists and calls everything labops offers, asserting on the answers."""
+    await session.initialize()
+    tools = (await session.list_tools()).tools
+    assert {t.name for t in tools} == TOOLS
+    for t in tools:
+        assert t.annotations.read_only_hint is True, t.name
+        assert t.description and len(t.description) > 40, t.name
+        assert t.input_schema['type'] == 'object', t.name
+        assert t.output_schema is not None, t.name
+
+    summary = (await session.call_tool('inventory_summary', {})).structured_content
+    assert summary['lab'] == 'mcp test lab'
+    assert summary['counts']['vm'] == 5 and summary['counts']['lxc'] == 1
+    assert sorted(n['name'] for n in summary['proxmox_nodes']) == [
+        'chief-horse', 'fun-bedbug', 'pumped-piglet', 'pve', 'still-fawn']
+
+    vms = (await session.call_tool('list_entities', {'kind': 'vm'})).structured_content
+    assert sorted(e['vmid'] for e in vms['entities']) == [105, 107, 108, 114, 116]
+    on_node = (await session.call_tool('list_entities', {'node': 'chief-horse'})).structured_content
+    assert [e['id'] for e in on_node['entities'] if e['kind'] == 'vm'] == ['vm/116']
+
+    bad_node = await session.call_tool('list_entities', {'node': 'chief-hrose'})
+    assert bad_node.is_error
+    assert bad_node.structured_content['error']['nearest'][0]['id'] == 'proxmox_node/chief-horse'
+
+    wl = (await session.call_tool('k8s_workloads', {})).structured_content
+    assert wl['workloads'] == []
+
+    ent = (await session.call_tool('get_entity', {'name': 'haos'})).structured_content
+    assert ent['entity']['id'] == 'vm/116'
+    assert [p['id'] for p in ent['placement']] == ['proxmox_node/chief-horse']
+
+    res = (await session.call_tool('resolve', {'name': '103'})).structured_content
+    assert res['entity']['id'] == 'lxc/103'
+    amb = await session.call_tool('resolve', {'name': 'local'})
+    assert amb.is_error and amb.structured_content['error']['error'] == 'ambiguous'
+    assert len(amb.structured_content['error']['candidates']) == 5
+    unk = await session.call_tool('resolve', {'name': 'plex'})
+    assert unk.is_error and unk.structured_content['error']['error'] == 'unknown'
+    assert 'plex' in unk.content[0].text
+
+    node = (await session.call_tool('node_status', {'name': 'pumped-piglet'})).structured_content
+    assert sorted(g['id'] for g in node['guests']) == ['lxc/103', 'vm/105']
+    guest = (await session.call_tool('guest_status', {'name': 'k3s-vm-still-fawn'})).structured_content
+    assert guest['guest']['vmid'] == 108 and guest['node']['name'] == 'still-fawn'
+    wrong_kind = await session.call_tool('guest_status', {'name': 'still-fawn'})
+    assert wrong_kind.is_error
+
+    impact = (await session.call_tool('impact_of', {'name': 'still-fawn'})).structured_content
+    down = {i['id'] for i in impact['affected'] if i['effect'] == 'down'}
+    assert 'vm/108' in down and 'vm/116' not in down
+    assert impact['freshness']['demo'] is False
+
+    resources = (await session.list_resources()).resources
+    assert [str(r.uri) for r in resources] == ['labops://inventory']
+    body = (await session.read_resource('labops://inventory')).contents[0]
+    inv = json.loads(body.text)
+    assert len([e for e in inv['entities'] if e['kind'] == 'vm']) == 5
+
+    prompts = {p.name for p in (await session.list_prompts()).prompts}
+    assert prompts == {'diagnose', 'plan_change'}
+    p = await session.get_prompt('diagnose', {'symptom': 'Home Assistant is unreachable', 'name': 'haos'})
+    assert 'resolve' in p.messages[0].content.text
+
+
+def test_stdio():
+    async def run(cfg):
+        params = StdioServerParameters(command=LABOPS, args=['--config', cfg, 'mcp'])
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as session:
+                await exercise(session)
+    asyncio.run(run(LAB['config']))
+
+
+def test_streamable_http(served):
+    async def run():
+        headers = {'Authorization': 'Bearer ' + served['token']}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as client:
+            async with streamable_http_client(served['url'], http_client=client) as streams:
+                async with ClientSession(streams[0], streams[1]) as session:
+                    await exercise(session)
+    asyncio.run(run())
+
+
+def test_http_without_token_is_refused(served):
+    async def run():
+        async with httpx2.AsyncClient(timeout=10) as client:
+            r = await client.post(served['url'], json={'jsonrpc': '2.0', 'id': 1, 'method': 'ping'},
+                                  headers={'Accept': 'application/json, text/event-stream'})
+            assert r.status_code == 401
+    asyncio.run(run())
+
+
+LAB = {}
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _share(lab):
+    LAB.update(lab)
