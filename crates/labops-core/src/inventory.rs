@@ -335,7 +335,33 @@ pub struct Inventory {
     dependents: Vec<Vec<(RelationKind, usize)>>,
     /// entity index -> the chain of nodes and hosts under it (K8s node, VM, Proxmox node).
     placement: Vec<Vec<usize>>,
+    /// entity index -> (bigram mask of its lower-cased names, lower-cased name, qualified name, id),
+    /// for the nearest-name search of unknown names.
+    pub(crate) search: Vec<SearchKey>,
     dropped_relations: usize,
+}
+
+/// Precomputed text of one entity for the nearest-name search.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SearchKey {
+    pub(crate) mask: u64,
+    pub(crate) name: String,
+    pub(crate) qualified: String,
+    pub(crate) id: String,
+}
+
+/// A 64-bit set of the character bigrams of `s` (hashed), for a cheap similarity prefilter.
+pub(crate) fn bigram_mask(s: &str) -> u64 {
+    let bytes = s.as_bytes();
+    let mut m = 0u64;
+    for w in bytes.windows(2) {
+        let h = (w[0] as u32).wrapping_mul(31).wrapping_add(w[1] as u32).wrapping_mul(2_654_435_761);
+        m |= 1u64 << (h >> 26);
+    }
+    if bytes.len() == 1 {
+        m |= 1u64 << (bytes[0] % 64);
+    }
+    m
 }
 
 /// One entity affected by an outage, with how it is affected.
@@ -407,6 +433,15 @@ impl Inventory {
         }
         inv.entities = entities;
         inv.placement = (0..inv.entities.len()).map(|i| inv.placement_chain(i)).collect();
+        inv.search = inv
+            .entities
+            .iter()
+            .map(|e| {
+                let name = e.name.to_lowercase();
+                let qualified = e.qualified_name().to_lowercase();
+                SearchKey { mask: bigram_mask(&name) | bigram_mask(&qualified), name, qualified, id: e.id.to_lowercase() }
+            })
+            .collect();
         inv
     }
 

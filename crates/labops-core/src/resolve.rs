@@ -173,15 +173,30 @@ impl Inventory {
 
     fn unknown(&self, q: &str, kinds: &[EntityKind]) -> ResolveError {
         let lower = q.to_lowercase();
-        let mut scored: Vec<(f64, &Entity)> = self
-            .entities()
+        // Prefilter by shared character bigrams (cheap bit operations over every entity), then
+        // score the best few hundred exactly with Jaro-Winkler.
+        let qmask = crate::inventory::bigram_mask(&lower);
+        let qbits = qmask.count_ones().max(1);
+        let mut pre: Vec<(u32, usize)> = self
+            .search
             .iter()
-            .filter(|e| kinds.is_empty() || kinds.contains(&e.kind))
-            .map(|e| {
-                let by_name = strsim::jaro_winkler(&lower, &e.name.to_lowercase());
-                let by_qual = strsim::jaro_winkler(&lower, &e.qualified_name().to_lowercase());
-                let by_id = strsim::jaro_winkler(&lower, &e.id.to_lowercase());
-                (by_name.max(by_qual).max(by_id), e)
+            .enumerate()
+            .filter(|(i, _)| kinds.is_empty() || kinds.contains(&self.at(*i).kind))
+            .map(|(i, k)| ((2 * (qmask & k.mask).count_ones() * 1000) / (qbits + k.mask.count_ones()), i))
+            .collect();
+        const EXACT_SCORED: usize = 256;
+        if pre.len() > EXACT_SCORED {
+            pre.select_nth_unstable_by(EXACT_SCORED, |a, b| b.0.cmp(&a.0));
+            pre.truncate(EXACT_SCORED);
+        }
+        let mut scored: Vec<(f64, &Entity)> = pre
+            .into_iter()
+            .map(|(_, i)| {
+                let k = &self.search[i];
+                let s = strsim::jaro_winkler(&lower, &k.name)
+                    .max(strsim::jaro_winkler(&lower, &k.qualified))
+                    .max(strsim::jaro_winkler(&lower, &k.id));
+                (s, self.at(i))
             })
             .filter(|(s, _)| *s >= 0.6)
             .collect();

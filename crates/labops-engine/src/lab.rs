@@ -267,37 +267,32 @@ impl Lab {
 
     async fn report(&self, source: &str, outcome: Result<(Part, Vec<String>), String>) {
         let now = now_ms();
+        // A good part is stored before it is published: what answers show survives a restart.
+        if let (Some(store), Ok((part, _))) = (&self.shared.store, &outcome) {
+            let endpoint = self.shared.state.lock().await.statuses.get(source).map(|s| s.endpoint.clone());
+            if let Err(e) = store.save_snapshot(source, endpoint.as_deref().unwrap_or(""), now, part).await {
+                tracing::warn!(source, error = %e, "the snapshot could not be saved");
+            }
+        }
         let mut st = self.shared.state.lock().await;
         let status = st.statuses.entry(source.to_string()).or_insert_with(|| SourceStatus::pending(source, ""));
         status.last_attempt_ms = Some(now);
-        let save = match outcome {
+        match outcome {
             Ok((part, warnings)) => {
                 status.last_success_ms = Some(now);
                 status.last_error = None;
                 status.warnings = warnings;
                 status.entities = part.entities.len();
-                let endpoint = status.endpoint.clone();
-                let changed = st.parts.get(source) != Some(&part);
-                if changed {
-                    st.parts.insert(source.to_string(), part.clone());
-                }
-                Some((endpoint, part))
+                st.parts.insert(source.to_string(), part);
             }
             Err(e) => {
                 if status.last_error.as_deref() != Some(e.as_str()) {
                     tracing::warn!(source, error = %e, "inventory source failed; serving its last good snapshot");
                 }
                 status.last_error = Some(e);
-                None
-            }
-        };
-        self.rebuild(&mut st);
-        drop(st);
-        if let (Some(store), Some((endpoint, part))) = (&self.shared.store, save) {
-            if let Err(e) = store.save_snapshot(source, &endpoint, now, &part).await {
-                tracing::warn!(source, error = %e, "the snapshot could not be saved");
             }
         }
+        self.rebuild(&mut st);
     }
 
     /// Like [`Lab::report`] for the watch cache: data and error can come together (the cache

@@ -4,6 +4,9 @@
 //! name resolve it through the core resolver; an unknown or ambiguous name comes back as a tool
 //! error (`isError: true`) whose structured content lists the real candidates, so the model can
 //! ask again precisely instead of guessing. Every call is audited.
+// `logging/setLevel` is deprecated by SEP-2577 but still part of the protocol versions clients
+// speak today (and of the conformance suite): labops keeps supporting it.
+#![allow(deprecated)]
 
 use labops_core::inventory::EntityKind;
 use labops_engine::lab::now_ms;
