@@ -338,6 +338,9 @@ impl Lab {
                 let mut last: Option<(Part, Option<String>)> = None;
                 loop {
                     tokio::time::sleep(interval).await;
+                    if cache.health().is_err() && cache.synced() {
+                        cache.recheck().await;
+                    }
                     let health = cache.health().err();
                     if !cache.synced() && health.is_none() {
                         continue;

@@ -64,7 +64,8 @@ pub async fn client(s: &Settings) -> Result<(Client, String), Error> {
 /// Watch health per kind.
 #[derive(Debug, Default)]
 struct Health {
-    errors: BTreeMap<&'static str, String>,
+    /// Kind -> (when, error) of the last failure not followed by a success.
+    errors: BTreeMap<&'static str, (std::time::Instant, String)>,
     synced: BTreeMap<&'static str, bool>,
 }
 
@@ -81,6 +82,7 @@ pub struct Cache {
     ingresses: Store<Ingress>,
     health: Arc<Mutex<Health>>,
     tasks: Arc<Vec<tokio::task::AbortHandle>>,
+    client: Client,
 }
 
 impl std::fmt::Debug for Cache {
@@ -116,7 +118,7 @@ where
                 }
                 Err(e) => {
                     tracing::debug!(kind = label, error = %e, "kubernetes watch failed; retrying with backoff");
-                    h.errors.insert(label, e.to_string());
+                    h.errors.insert(label, (std::time::Instant::now(), e.to_string()));
                 }
             }
         }
@@ -142,6 +144,22 @@ impl Cache {
             ingresses: watch(c, "ingresses", &health, &mut tasks),
             health,
             tasks: Arc::new(tasks),
+            client: client.clone(),
+        }
+    }
+
+    /// After watch errors, asks the API server whether it answers again. A resumed watch is
+    /// silent until something changes, so without this a recovered cluster would look failing
+    /// until its next change. Clears errors older than the successful probe; returns whether
+    /// the API answered.
+    pub async fn recheck(&self) -> bool {
+        let started = std::time::Instant::now();
+        match self.client.apiserver_version().await {
+            Ok(_) => {
+                self.health.lock().expect("health lock").errors.retain(|_, (at, _)| *at > started);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -156,7 +174,7 @@ impl Cache {
     /// errors (kinds not yet listed and failing watches).
     pub fn health(&self) -> Result<(), String> {
         let h = self.health.lock().expect("health lock");
-        let mut problems: Vec<String> = h.errors.iter().map(|(k, e)| format!("{k}: {e}")).collect();
+        let mut problems: Vec<String> = h.errors.iter().map(|(k, (_, e))| format!("{k}: {e}")).collect();
         let unsynced = 8 - h.synced.len();
         if unsynced > 0 && problems.is_empty() {
             problems.push(format!("{unsynced} kinds not listed yet"));

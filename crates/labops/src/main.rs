@@ -132,7 +132,7 @@ fn main() -> ExitCode {
     // Logs go to stderr: in `labops mcp` stdout belongs to the protocol.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "labops=info,warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "labops=info,warn,kube_client=off,kube_runtime=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
