@@ -72,8 +72,8 @@ impl SourceSpec {
 /// The merged view of the lab at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// The inventory.
-    pub inventory: Inventory,
+    /// The inventory; shared between snapshots that differ only in source status.
+    pub inventory: Arc<Inventory>,
     /// Every configured source's status.
     pub sources: Vec<SourceStatus>,
     /// Increases with every rebuild.
@@ -83,6 +83,9 @@ pub struct Snapshot {
 #[derive(Default)]
 struct State {
     parts: BTreeMap<String, Part>,
+    /// Set when a part changed since the inventory was last built.
+    dirty: bool,
+    inventory: Arc<Inventory>,
     statuses: BTreeMap<String, SourceStatus>,
     generation: u64,
 }
@@ -141,6 +144,7 @@ impl Lab {
                             st.entities = s.part.entities.len();
                             st.warnings = vec!["loaded from the store; not refreshed since labops started".into()];
                             state.parts.insert(s.source, s.part);
+                            state.dirty = true;
                         }
                     }
                 }
@@ -176,6 +180,7 @@ impl Lab {
     /// A lab from fixed parts, with no refresh loops (for tests and benchmarks).
     pub fn from_parts(name: &str, parts: Vec<(SourceStatus, Part)>) -> Lab {
         let mut state = State::default();
+        state.dirty = true;
         for (status, part) in parts {
             state.parts.insert(status.name.clone(), part);
             state.statuses.insert(status.name.clone(), status);
@@ -259,8 +264,15 @@ impl Lab {
 
     fn rebuild(&self, st: &mut State) {
         st.generation += 1;
-        let inventory = Inventory::build(st.parts.values().cloned());
-        let snap = Snapshot { inventory, sources: st.statuses.values().cloned().collect(), generation: st.generation };
+        if st.dirty || st.generation == 1 {
+            st.inventory = Arc::new(Inventory::build(st.parts.values().cloned()));
+            st.dirty = false;
+        }
+        let snap = Snapshot {
+            inventory: st.inventory.clone(),
+            sources: st.statuses.values().cloned().collect(),
+            generation: st.generation,
+        };
         *self.shared.current.write().expect("snapshot lock") = Arc::new(snap);
         self.shared.generation.send_replace(st.generation);
     }
@@ -283,7 +295,10 @@ impl Lab {
                 status.last_error = None;
                 status.warnings = warnings;
                 status.entities = part.entities.len();
-                st.parts.insert(source.to_string(), part);
+                if st.parts.get(source) != Some(&part) {
+                    st.parts.insert(source.to_string(), part);
+                    st.dirty = true;
+                }
             }
             Err(e) => {
                 if status.last_error.as_deref() != Some(e.as_str()) {
@@ -306,9 +321,10 @@ impl Lab {
                 let status = st.statuses.entry(source.to_string()).or_insert_with(|| SourceStatus::pending(source, ""));
                 status.last_attempt_ms = Some(now);
                 status.last_error = Some(e);
-                if !part.entities.is_empty() {
-                    status.entities = part.entities.len();
+                if !part.entities.is_empty() && st.parts.get(source) != Some(&part) {
+                    st.statuses.get_mut(source).expect("inserted above").entities = part.entities.len();
                     st.parts.insert(source.to_string(), part);
+                    st.dirty = true;
                 }
                 self.rebuild(&mut st);
             }
@@ -335,7 +351,8 @@ impl Lab {
                     }
                 };
                 let cache = kubernetes::Cache::start(&client);
-                let mut last: Option<(Part, Option<String>)> = None;
+                // Rebuild only when a watch delivered something or the health changed.
+                let mut last: Option<(u64, Option<String>)> = None;
                 loop {
                     tokio::time::sleep(interval).await;
                     if cache.health().is_err() && cache.synced() {
@@ -345,10 +362,9 @@ impl Lab {
                     if !cache.synced() && health.is_none() {
                         continue;
                     }
-                    let part = cache.part();
-                    let current = (part, health);
+                    let current = (cache.changes(), health);
                     if last.as_ref() != Some(&current) {
-                        self.report_cache(name, current.0.clone(), current.1.clone()).await;
+                        self.report_cache(name, cache.part(), current.1.clone()).await;
                         last = Some(current);
                     }
                 }

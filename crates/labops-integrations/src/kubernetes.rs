@@ -67,6 +67,8 @@ struct Health {
     /// Kind -> (when, error) of the last failure not followed by a success.
     errors: BTreeMap<&'static str, (std::time::Instant, String)>,
     synced: BTreeMap<&'static str, bool>,
+    /// Watch events received, all kinds together: tells whether the stores changed.
+    changes: u64,
 }
 
 /// The live cache: one reflector store per kind.
@@ -96,18 +98,29 @@ fn watch<K>(
     label: &'static str,
     health: &Arc<Mutex<Health>>,
     tasks: &mut Vec<tokio::task::AbortHandle>,
+    prune: fn(&mut K),
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let api: Api<K> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    // Objects are pruned to what the inventory reads before they enter the store: on a cluster
+    // with thousands of pods, managed fields and full pod specs would dominate labops' memory.
+    let pruned = watcher(api, watcher::Config::default()).modify(move |o: &mut K| {
+        let meta = o.meta_mut();
+        meta.managed_fields = None;
+        meta.annotations = None;
+        meta.owner_references = None;
+        prune(o);
+    });
+    let stream = reflector::reflector(writer, pruned).default_backoff();
     let health = health.clone();
     let handle = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             let mut h = health.lock().expect("health lock");
+            h.changes += 1;
             match ev {
                 Ok(watcher::Event::InitDone) => {
                     h.synced.insert(label, true);
@@ -134,14 +147,14 @@ impl Cache {
         let mut tasks = Vec::new();
         let c = client;
         Self {
-            nodes: watch(c, "nodes", &health, &mut tasks),
-            namespaces: watch(c, "namespaces", &health, &mut tasks),
-            deployments: watch(c, "deployments", &health, &mut tasks),
-            statefulsets: watch(c, "statefulsets", &health, &mut tasks),
-            daemonsets: watch(c, "daemonsets", &health, &mut tasks),
-            pods: watch(c, "pods", &health, &mut tasks),
-            services: watch(c, "services", &health, &mut tasks),
-            ingresses: watch(c, "ingresses", &health, &mut tasks),
+            nodes: watch(c, "nodes", &health, &mut tasks, prune::node),
+            namespaces: watch(c, "namespaces", &health, &mut tasks, |_| {}),
+            deployments: watch(c, "deployments", &health, &mut tasks, prune::deployment),
+            statefulsets: watch(c, "statefulsets", &health, &mut tasks, prune::statefulset),
+            daemonsets: watch(c, "daemonsets", &health, &mut tasks, prune::daemonset),
+            pods: watch(c, "pods", &health, &mut tasks, prune::pod),
+            services: watch(c, "services", &health, &mut tasks, |_| {}),
+            ingresses: watch(c, "ingresses", &health, &mut tasks, |_| {}),
             health,
             tasks: Arc::new(tasks),
             client: client.clone(),
@@ -182,6 +195,11 @@ impl Cache {
         if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
     }
 
+    /// A counter that moves whenever any watch delivers something.
+    pub fn changes(&self) -> u64 {
+        self.health.lock().expect("health lock").changes
+    }
+
     /// True once every kind has been listed.
     pub fn synced(&self) -> bool {
         self.health.lock().expect("health lock").synced.len() == 8
@@ -199,6 +217,72 @@ impl Cache {
             services: self.services.state(),
             ingresses: self.ingresses.state(),
         })
+    }
+}
+
+/// Drop the parts of objects the inventory never reads.
+mod prune {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
+
+    fn template(t: &mut PodTemplateSpec) {
+        // Keep the template's labels (services select on them); drop the pod spec.
+        t.spec = None;
+        if let Some(m) = t.metadata.as_mut() {
+            m.annotations = None;
+        }
+    }
+
+    pub(super) fn pod(p: &mut Pod) {
+        if let Some(spec) = p.spec.as_mut() {
+            spec.containers.clear();
+            spec.init_containers = None;
+            spec.ephemeral_containers = None;
+            spec.volumes = None;
+            spec.affinity = None;
+            spec.tolerations = None;
+            spec.topology_spread_constraints = None;
+        }
+        if let Some(st) = p.status.as_mut() {
+            st.conditions = None;
+            st.init_container_statuses = None;
+            st.ephemeral_container_statuses = None;
+            for c in st.container_statuses.iter_mut().flatten() {
+                c.image = String::new();
+                c.image_id = String::new();
+                c.last_state = None;
+                c.state = None;
+                c.volume_mounts = None;
+                c.resources = None;
+            }
+        }
+    }
+
+    pub(super) fn node(n: &mut Node) {
+        if let Some(st) = n.status.as_mut() {
+            st.images = None;
+            st.volumes_attached = None;
+            st.volumes_in_use = None;
+        }
+    }
+
+    pub(super) fn deployment(d: &mut Deployment) {
+        if let Some(s) = d.spec.as_mut() {
+            template(&mut s.template);
+        }
+    }
+
+    pub(super) fn statefulset(d: &mut StatefulSet) {
+        if let Some(s) = d.spec.as_mut() {
+            template(&mut s.template);
+            s.volume_claim_templates = None;
+        }
+    }
+
+    pub(super) fn daemonset(d: &mut DaemonSet) {
+        if let Some(s) = d.spec.as_mut() {
+            template(&mut s.template);
+        }
     }
 }
 

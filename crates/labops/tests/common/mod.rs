@@ -162,6 +162,11 @@ impl Served {
         Self { child, base, token }
     }
 
+    /// The process.
+    pub fn child(&self) -> &Child {
+        &self.child
+    }
+
     /// Sends SIGKILL.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
