@@ -20,22 +20,31 @@ HERE = pathlib.Path(__file__).resolve().parent
 BIN = HERE / 'node_modules' / '.bin'
 
 
-def inspector(*args, target):
+def inspector(*args, target, tool_error=False):
+    """Runs the inspector CLI; it exits 5 when a tool answers isError."""
     out = subprocess.run([str(BIN / 'mcp-inspector'), '--cli', *target, *args], capture_output=True, text=True,
                          timeout=120)
-    assert out.returncode == 0, out.stderr + out.stdout
+    assert out.returncode == (5 if tool_error else 0), out.stderr + out.stdout
     return json.loads(out.stdout)
 
 
 @pytest.mark.parametrize('transport', ['stdio', 'http'])
 def test_inspector_lists_and_calls_every_tool(lab, served, transport):
-    def run(method, *extra):
+    def run(method, *extra, tool_error=False):
+        # The inspector's --tool-arg takes several values: the target goes before it, and
+        # stdio server arguments follow `--`.
+        named = [a for a in extra if not a.startswith('--tool-arg')]
+        opts = ['--method', method]
+        if '--tool-name' in extra:
+            i = extra.index('--tool-name')
+            opts += ['--tool-name', extra[i + 1]]
+            named = list(extra[:i]) + list(extra[i + 2:])
         if transport == 'stdio':
-            target = [LABOPS, '--method', method, *extra, '--', '--config', lab['config'], 'mcp']
+            target = [*opts, LABOPS, *named, '--', '--config', lab['config'], 'mcp']
         else:
             target = [served['url'], '--transport', 'http', '--header', 'Authorization: Bearer ' + served['token'],
-                      '--method', method, *extra]
-        return inspector(target=target)
+                      *opts, *named]
+        return inspector(target=target, tool_error=tool_error)
 
     tools = run('tools/list')['tools']
     assert {t['name'] for t in tools} == TOOLS
@@ -55,8 +64,9 @@ def test_inspector_lists_and_calls_every_tool(lab, served, transport):
         assert 'freshness' in r['structuredContent'], name
     assert run('tools/call', '--tool-name', 'list_entities', '--tool-arg', 'kind=lxc')['structuredContent']['entities'][0]['id'] == 'lxc/103'
     assert run('tools/call', '--tool-name', 'guest_status', '--tool-arg', 'name=114')['structuredContent']['guest']['name'] == 'k3s-vm-fun-bedbug'
-    bad = run('tools/call', '--tool-name', 'get_entity', '--tool-arg', 'name=fun-bedbog')
+    bad = run('tools/call', '--tool-name', 'get_entity', '--tool-arg', 'name=fun-bedbog', tool_error=True)
     assert bad.get('isError') is True
+    assert 'fun-bedbug' in bad['content'][0]['text']
     res = run('resources/read', '--uri', 'labops://inventory')
     assert len(json.loads(res['contents'][0]['text'])['entities']) == 22
     assert {p['name'] for p in run('prompts/list')['prompts']} == {'diagnose', 'plan_change'}

@@ -97,7 +97,7 @@ async def exercise(session):
 
     bad_node = await session.call_tool('list_entities', {'node': 'chief-hrose'})
     assert bad_node.is_error
-    assert bad_node.structured_content['error']['nearest'][0]['id'] == 'proxmox_node/chief-horse'
+    assert json.loads(bad_node.content[1].text)['error']['nearest'][0]['id'] == 'proxmox_node/chief-horse'
 
     wl = (await session.call_tool('k8s_workloads', {})).structured_content
     assert wl['workloads'] == []
@@ -109,10 +109,10 @@ async def exercise(session):
     res = (await session.call_tool('resolve', {'name': '103'})).structured_content
     assert res['entity']['id'] == 'lxc/103'
     amb = await session.call_tool('resolve', {'name': 'local'})
-    assert amb.is_error and amb.structured_content['error']['error'] == 'ambiguous'
-    assert len(amb.structured_content['error']['candidates']) == 5
+    assert amb.is_error and json.loads(amb.content[1].text)['error']['error'] == 'ambiguous'
+    assert len(json.loads(amb.content[1].text)['error']['candidates']) == 5
     unk = await session.call_tool('resolve', {'name': 'plex'})
-    assert unk.is_error and unk.structured_content['error']['error'] == 'unknown'
+    assert unk.is_error and json.loads(unk.content[1].text)['error']['error'] == 'unknown'
     assert 'plex' in unk.content[0].text
 
     node = (await session.call_tool('node_status', {'name': 'pumped-piglet'})).structured_content

@@ -54,7 +54,27 @@ pub struct NameArgs {
     /// The entity: a name (`still-fawn`, `haos`), a VMID (`108`), `namespace/name` for Kubernetes
     /// objects, `node/storage` for storage, or an id (`vm/108`). Never a guess: an unknown or
     /// ambiguous name returns the real candidates.
+    #[serde(deserialize_with = "string_or_number")]
+    #[schemars(schema_with = "name_schema")]
     pub name: String,
+}
+
+/// Names may arrive as JSON numbers (a VMID typed by a client or a model): accept both.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Name {
+        S(String),
+        N(u64),
+    }
+    Ok(match Name::deserialize(d)? {
+        Name::S(s) => s,
+        Name::N(n) => n.to_string(),
+    })
+}
+
+fn name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": ["string", "integer"], "minLength": 1, "maxLength": 253})
 }
 
 /// Arguments of `resolve`.
@@ -62,6 +82,8 @@ pub struct NameArgs {
 #[serde(deny_unknown_fields)]
 pub struct ResolveArgs {
     /// The name to resolve (see `get_entity`).
+    #[serde(deserialize_with = "string_or_number")]
+    #[schemars(schema_with = "name_schema")]
     pub name: String,
     /// Only accept an entity of this kind.
     #[serde(default)]
@@ -85,11 +107,12 @@ pub struct PlanChangeArgs {
     pub request: String,
 }
 
+/// A tool error: a sentence for the model and the human, then the details (candidates) as JSON.
+/// No `structuredContent`: it would have to match the tool's output schema, which describes
+/// answers, not errors.
 fn tool_error(e: &ServiceError) -> CallToolResult {
-    let mut r = CallToolResult::structured_error(serde_json::to_value(e).unwrap_or_default());
-    // Lead with a sentence for the model and the human; the JSON follows in structured content.
-    r.content = vec![ContentBlock::text(e.to_string())];
-    r
+    let details = serde_json::to_string(e).unwrap_or_default();
+    CallToolResult::error(vec![ContentBlock::text(e.to_string()), ContentBlock::text(details)])
 }
 
 #[tool_router]

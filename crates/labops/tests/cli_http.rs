@@ -104,7 +104,10 @@ fn http_needs_a_token_a_known_host_and_a_small_body() {
     assert_eq!(status, 413);
 
     // With all three right, the REST API answers from the same service as MCP.
-    let v: Value = c.get(&url).bearer_auth(&served.token).send().unwrap().json().unwrap();
+    let v: Value = eventually(20, "the first refresh", || {
+        let v: Value = c.get(&url).bearer_auth(&served.token).send().ok()?.json().ok()?;
+        (v["counts"]["vm"] == 5).then_some(v)
+    });
     assert_eq!(v["lab"], "test lab");
     let r = c.get(format!("{}/api/v1/impact/still-fawn", served.base)).bearer_auth(&served.token).send().unwrap();
     assert_eq!(r.status(), 200);

@@ -26,7 +26,7 @@ pub fn python() -> String {
 /// The labops binary under test.
 pub fn labops() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_labops"));
-    c.env_remove("LABOPS_CONFIG").env_remove("LABOPS_TOKEN").env("RUST_LOG", "warn");
+    c.env_remove("LABOPS_CONFIG").env_remove("LABOPS_TOKEN").env("RUST_LOG", "warn,kube_client=off");
     c
 }
 
