@@ -8,8 +8,11 @@
 //! - [`resolve`]: the precision rule. Any name from outside is mapped to exactly one entity, or
 //!   fails with the nearest real names. Nothing is guessed.
 //! - [`source`]: how fresh and how healthy each source's data is.
+//! - [`workflow`]: workflow graphs (kro ResourceGraphDefinitions): parsing, validation that
+//!   reports every error with its line and column, and plans of parallel stages.
 
 pub mod inventory;
+pub mod workflow;
 pub mod resolve;
 pub mod source;
 
