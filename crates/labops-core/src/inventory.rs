@@ -14,9 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// What kind of thing an entity is.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntityKind {
     /// A Proxmox VE node (hypervisor).
@@ -92,6 +90,23 @@ impl EntityKind {
             self,
             EntityKind::Workload | EntityKind::Pod | EntityKind::Service | EntityKind::Ingress
         )
+    }
+}
+
+/// A plain string `enum` schema: validators check it far faster than the `oneOf` of documented
+/// variants a derive would produce (it matters for clients that validate thousands of entities).
+impl JsonSchema for EntityKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EntityKind".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+        schemars::json_schema!({
+            "type": "string",
+            "enum": names,
+            "description": "What kind of thing an entity is: proxmox_node, vm, lxc, storage (a pool on one Proxmox node), k8s_node, namespace, workload (Deployment, StatefulSet, DaemonSet), pod, service, ingress, host (declared in the config)."
+        })
     }
 }
 

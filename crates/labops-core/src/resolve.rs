@@ -138,8 +138,8 @@ impl Inventory {
                 }
             }
         }
-        // 3. A VMID.
-        if let Ok(vmid) = q.parse::<u32>() {
+        // 3. A VMID, written as PVE writes it (no sign, no leading zero).
+        if let Some(vmid) = q.parse::<u32>().ok().filter(|v| v.to_string() == q) {
             if let Some(r) = pick(self.by_vmid(vmid).to_vec()) {
                 return r;
             }
@@ -189,7 +189,7 @@ impl Inventory {
             pre.select_nth_unstable_by(EXACT_SCORED, |a, b| b.0.cmp(&a.0));
             pre.truncate(EXACT_SCORED);
         }
-        let mut scored: Vec<(f64, &Entity)> = pre
+        let all_scored: Vec<(f64, &Entity)> = pre
             .into_iter()
             .map(|(_, i)| {
                 let k = &self.search[i];
@@ -198,8 +198,14 @@ impl Inventory {
                     .max(strsim::jaro_winkler(&lower, &k.id));
                 (s, self.at(i))
             })
-            .filter(|(s, _)| *s >= 0.6)
             .collect();
+        let mut scored: Vec<(f64, &Entity)> = all_scored.iter().copied().filter(|(s, _)| *s >= 0.6).collect();
+        // Nothing close, but the caller asked for a few kinds (a node, a guest): list the real
+        // ones anyway, so the answer always shows what exists.
+        let nothing_close = scored.is_empty();
+        if nothing_close && !kinds.is_empty() {
+            scored = all_scored;
+        }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
         scored.truncate(NEAREST);
         let reason = if self.entities().is_empty() {
@@ -213,6 +219,8 @@ impl Inventory {
             )
         } else if scored.is_empty() {
             "no id, VMID or name matches exactly, and no name is close".to_string()
+        } else if nothing_close {
+            format!("no {} has that name or a close one; these are some that exist", kinds_phrase(kinds))
         } else {
             "no id, VMID or name matches exactly; names are never completed or guessed".to_string()
         };
@@ -283,6 +291,20 @@ mod tests {
         // A prefix is not a match.
         assert!(matches!(inv.resolve("still", &[]), Err(ResolveError::Unknown { .. })));
         assert!(matches!(inv.resolve("999", &[]), Err(ResolveError::Unknown { .. })));
+    }
+
+    #[test]
+    fn a_name_with_nothing_close_still_lists_real_entities_of_the_asked_kind() {
+        let inv = lab();
+        match inv.resolve("no-such-node", &[EntityKind::ProxmoxNode]) {
+            Err(ResolveError::Unknown { nearest, reason, .. }) => {
+                let ids: Vec<&str> = nearest.iter().map(|c| c.id.as_str()).collect();
+                assert_eq!(ids.len(), 2, "{ids:?}");
+                assert!(ids.iter().all(|i| i.starts_with("proxmox_node/")));
+                assert!(reason.contains("some that exist"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

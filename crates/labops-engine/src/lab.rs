@@ -376,10 +376,13 @@ impl Lab {
 fn spawn_audit_writer(store: Store) -> mpsc::Sender<AuditEntry> {
     let (tx, mut rx) = mpsc::channel::<AuditEntry>(4096);
     tokio::spawn(async move {
-        while let Some(e) = rx.recv().await {
-            if let Err(err) = store.audit(&e).await {
-                tracing::warn!(error = %err, action = %e.action, "an audit record could not be written");
+        // Everything queued while the last batch was written goes in one transaction.
+        let mut batch = Vec::with_capacity(256);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            if let Err(err) = store.audit_batch(&batch).await {
+                tracing::warn!(error = %err, records = batch.len(), "audit records could not be written");
             }
+            batch.clear();
         }
     });
     tx

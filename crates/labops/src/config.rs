@@ -3,9 +3,10 @@
 //!
 //! Layers, last wins: built-in defaults, the file (`--config` or `LABOPS_CONFIG`, else
 //! `$XDG_CONFIG_HOME/labops/labops.toml` when it exists), then `LABOPS_SECTION__FIELD`
-//! environment variables (`LABOPS_PROXMOX__URL`, `LABOPS_SERVER__TOKEN`) and `LABOPS_TOKEN` for
-//! the server token. `LABOPS_CONFIG`, `LABOPS_TOKEN` and `LABOPS_TEST_*` are reserved names, not
-//! config keys.
+//! environment variables (`LABOPS_PROXMOX__URL`, `LABOPS_SERVER__TOKEN`; an unknown section or
+//! field there is an error, like in the file) and `LABOPS_TOKEN` for the server token. Other
+//! `LABOPS_*` names without `__` are not config keys. `LABOPS_CONFIG`, `LABOPS_TOKEN`, `LABOPS_TEST_*` and `LABOPS_BENCH_*` are
+//! reserved names, not config keys.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -220,9 +221,11 @@ fn figment(file: Option<&Path>) -> Figment {
     }
     f = f.merge(
         Env::prefixed("LABOPS_")
+            // Only LABOPS_SECTION__KEY variables are config overrides; other LABOPS_* names
+            // (LABOPS_CONFIG, LABOPS_TOKEN, LABOPS_TEST_*, LABOPS_BENCH_*, tooling) are not.
             .filter(|k| {
                 let k = k.as_str().to_ascii_lowercase();
-                k != "config" && k != "token" && !k.starts_with("test_")
+                k.contains("__") && !k.starts_with("test_") && !k.starts_with("bench_")
             })
             .split("__"),
     );
