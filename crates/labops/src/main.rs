@@ -3,6 +3,7 @@
 
 mod config;
 mod render;
+mod workflow_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Validate and plan workflows (kro ResourceGraphDefinitions); needs no config or lab.
+    Workflow {
+        #[command(subcommand)]
+        command: workflow_cmd::WorkflowCommand,
     },
     /// Serve MCP over stdio (for Claude Code and other MCP clients that spawn labops).
     Mcp,
@@ -156,6 +162,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Init { path, force } => return init(path.clone(), *force),
+        Command::Workflow { command } => return workflow_cmd::run(command),
         Command::Config { command: ConfigCommand::Validate } => return validate(cli.config.as_deref()),
         _ => {}
     }
@@ -174,7 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let lab = start_lab(&cfg, cli.data_dir.clone()).await?;
 
     let code = match cli.command {
-        Command::Init { .. } | Command::Config { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } => unreachable!("handled above"),
         Command::Mcp => {
             labops_server::serve_stdio(lab.clone()).await.map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
             ExitCode::SUCCESS
@@ -380,7 +387,7 @@ fn one_shot(lab: &Lab, cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Err(e) => report(&e),
         },
-        Command::Init { .. } | Command::Config { .. } | Command::Mcp | Command::Serve { .. } => {
+        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Mcp | Command::Serve { .. } => {
             unreachable!("not one-shot")
         }
     })

@@ -1,0 +1,157 @@
+//! `labops workflow validate|plan`: check workflow files and show their plans. These commands
+//! read only the files named; they need no config and no lab.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use labops_core::workflow::{self, Availability, Bindings, Diagnostic, Plan, PlanError};
+
+/// The `workflow` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum WorkflowCommand {
+    /// Check a workflow and print every problem as FILE:LINE:COL: message. Exit 1 on any error.
+    Validate {
+        /// The workflow (a kro ResourceGraphDefinition in YAML).
+        file: PathBuf,
+    },
+    /// Show the plan: the steps in stages that can run in parallel, with parameters bound.
+    Plan {
+        /// The workflow (a kro ResourceGraphDefinition in YAML).
+        file: PathBuf,
+        /// A parameter value (repeatable); wins over --values.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A YAML file of parameter values (`name: value` per line).
+        #[arg(long, value_name = "FILE")]
+        values: Option<PathBuf>,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a `workflow` subcommand.
+pub fn run(cmd: &WorkflowCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        WorkflowCommand::Validate { file } => {
+            let text = read(file)?;
+            let (_, report) = workflow::check(&text);
+            print_all(file, &report.errors, &report.warnings);
+            if report.is_valid() {
+                println!("{}: valid ({} warning(s))", file.display(), report.warnings.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{}: {} error(s), {} warning(s)", file.display(), report.errors.len(), report.warnings.len());
+                Ok(ExitCode::from(1))
+            }
+        }
+        WorkflowCommand::Plan { file, set, values, json } => {
+            let text = read(file)?;
+            let (w, report) = workflow::check(&text);
+            let Some(w) = w.filter(|_| report.is_valid()) else {
+                print_all(file, &report.errors, &report.warnings);
+                println!("{}: {} error(s); fix them to get a plan", file.display(), report.errors.len());
+                return Ok(ExitCode::from(1));
+            };
+            let mut given = Bindings::new();
+            if let Some(v) = values {
+                match workflow::parse_values(&read(v)?) {
+                    Ok(b) => given.extend(b),
+                    Err(d) => {
+                        println!("{}:{d}", v.display());
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            }
+            for kv in set {
+                let Some((k, v)) = kv.split_once('=') else {
+                    anyhow::bail!("--set {kv:?} is not KEY=VALUE");
+                };
+                given.insert(k.trim().to_string(), serde_json::Value::String(v.to_string()));
+            }
+            match workflow::plan(&w, &given) {
+                Ok(plan) if *json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                Ok(plan) => {
+                    // Warnings go to stderr so that stdout is the plan alone.
+                    for d in &report.warnings {
+                        eprintln!("{}:{}: warning: {}", file.display(), d.pos, d.message);
+                    }
+                    print!("{}", render(&plan));
+                }
+                Err(PlanError::Parameters(errors)) => {
+                    print_all(file, &errors, &[]);
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => anyhow::bail!("{}: {e}", file.display()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn read(p: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
+}
+
+fn print_all(file: &Path, errors: &[Diagnostic], warnings: &[Diagnostic]) {
+    for d in errors {
+        println!("{}:{}: {}", file.display(), d.pos, d.message);
+    }
+    for d in warnings {
+        println!("{}:{}: warning: {}", file.display(), d.pos, d.message);
+    }
+}
+
+/// The plan as text: a header, the parameters, then each stage with one line per step.
+fn render(plan: &Plan) -> String {
+    let steps = plan.stages.iter().flat_map(|s| &s.steps);
+    let count = steps.clone().count();
+    let name_w = steps.clone().map(|s| s.name.len()).max().unwrap_or(0);
+    let type_w = steps.clone().map(|s| s.step_type.len()).max().unwrap_or(0);
+    let mut out = format!(
+        "Plan for {}: {count} step(s) in {} stage(s); {} change the lab, {} wait for a human.\n",
+        plan.workflow,
+        plan.stages.len(),
+        plan.mutating_steps,
+        plan.human_waits
+    );
+    if !plan.parameters.is_empty() {
+        let params: Vec<String> = plan
+            .parameters
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect();
+        out += &format!("Parameters: {}\n", params.join(", "));
+    }
+    for stage in &plan.stages {
+        let parallel = if stage.steps.len() > 1 { ", in parallel" } else { "" };
+        out += &format!("\nStage {}{parallel}\n", stage.number);
+        for s in &stage.steps {
+            let mut notes = Vec::new();
+            if s.waits_for_human {
+                notes.push("waits for a human".to_string());
+            }
+            if let Availability::Later(needs) = s.availability {
+                notes.push(format!("not available yet: {needs}"));
+            }
+            if !s.include_when.is_empty() {
+                notes.push(format!("only when {}", s.include_when.join(" and ")));
+            }
+            for (var, over) in &s.for_each {
+                notes.push(format!("for each {var} in {over}"));
+            }
+            if !s.depends_on.is_empty() {
+                notes.push(format!("after {}", s.depends_on.join(", ")));
+            }
+            let change = if s.mutates { "changes" } else { "reads" };
+            out += &format!("  {:name_w$}  {:type_w$}  {change:7}  {}\n", s.name, s.step_type, notes.join("; ")).trim_end().to_string();
+            out.push('\n');
+        }
+    }
+    out
+}
