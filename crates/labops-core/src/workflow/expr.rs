@@ -215,6 +215,14 @@ mod tests {
     }
 
     #[test]
+    fn the_default_parser_rejects_optional_syntax() {
+        // Why `compile` turns optional syntax on: `Program::compile` (what kube-cel's validator
+        // uses) parses without it and rejects kro's `a.?b`.
+        assert!(kube_core::cel::cel::Program::compile(r#"input.?data.X.orValue("")"#).is_err());
+        assert!(compile(r#"input.?data.X.orValue("")"#).is_ok());
+    }
+
+    #[test]
     fn references_with_paths_and_bound_variables() {
         let refs = compile("deployment.spec.replicas == svc.status.x && items.all(i, i > limit)").unwrap();
         let roots: Vec<_> = refs.iter().map(|r| (r.root.as_str(), r.path.join("."))).collect();

@@ -307,6 +307,55 @@ mod tests {
     }
 
     #[test]
+    fn kro_conditions_and_iterations_are_noted_and_status_cel_is_checked() {
+        let text = "apiVersion: kro.run/v1alpha1
+kind: ResourceGraphDefinition
+metadata:
+  name: t
+spec:
+  schema:
+    apiVersion: v1alpha1
+    kind: Web
+    spec:
+      regions: '[]string | default=[\"eu\"]'
+      monitoring: boolean | default=false
+    status:
+      ready: ${deployment.status.readyReplicas > 0}
+      missing: ${deploymnt.status.x}
+  resources:
+    - id: deployment
+      template:
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata:
+          name: web
+    - id: monitor
+      includeWhen:
+        - ${schema.spec.monitoring}
+      forEach:
+        - region: ${schema.spec.regions}
+      template:
+        apiVersion: monitoring.coreos.com/v1
+        kind: ServiceMonitor
+        metadata:
+          name: ${deployment.metadata.name + '-' + region}
+";
+        let (_, report) = check(text);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert!(report.errors[0].to_string().starts_with("14:16: `${deploymnt.status.x}` names `deploymnt`"), "{}", report.errors[0]);
+        let fixed = text.replace("      missing: ${deploymnt.status.x}\n", "");
+        let (w, report) = check(&fixed);
+        assert!(report.is_valid(), "{:?}", report.errors);
+        let plan = plan(&w.unwrap(), &Bindings::new()).unwrap();
+        let monitor = &plan.stages[1].steps[0];
+        assert_eq!(monitor.name, "monitor");
+        assert_eq!(monitor.depends_on, vec!["deployment"]);
+        assert_eq!(monitor.include_when, vec!["${schema.spec.monitoring}"]);
+        assert_eq!(monitor.for_each["region"], "${schema.spec.regions}");
+        assert_eq!(plan.parameters["regions"], serde_json::json!(["eu"]));
+    }
+
+    #[test]
     fn fills_parameters_by_kind_of_step() {
         let bound: Bindings = [("name".to_string(), serde_json::json!("web")), ("n".to_string(), serde_json::json!(3))].into();
         assert_eq!(fill(&Value::from("{{.name}}-{{ .n }}"), false, &bound), Value::from("web-3"));

@@ -81,6 +81,10 @@ pub(crate) fn parse(text: &str, report: &mut Report) -> Option<Workflow> {
         .map(|s| s.as_str().to_string())
         .collect();
     let mut ctx = Ctx { names: &names, parameters: &mut parameters, has_schema, report };
+    // kro's `spec.schema.status` holds CEL over the resources: check it, it adds no dependency.
+    if let Some(status) = spec.as_mapping().and_then(|m| m.get_mapping("schema")).and_then(|m| m.get_node("status")) {
+        yaml::each_scalar(status, &mut |s| ctx.cel_in(s, "", &[], &mut Vec::new()));
+    }
     let mut steps = Vec::new();
     let mut kro = false;
     for item in items {
