@@ -80,7 +80,8 @@ pub(crate) fn parse(text: &str, report: &mut Report) -> Option<Workflow> {
         .filter_map(|m| m.get_scalar("id").or_else(|| m.get_scalar("name")))
         .map(|s| s.as_str().to_string())
         .collect();
-    let mut ctx = Ctx { names: &names, parameters: &mut parameters, has_schema, report };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut ctx = Ctx { names: &names, parameters: &mut parameters, has_schema, lines: &lines, report };
     // kro's `spec.schema.status` holds CEL over the resources: check it, it adds no dependency.
     if let Some(status) = spec.as_mapping().and_then(|m| m.get_mapping("schema")).and_then(|m| m.get_node("status")) {
         yaml::each_scalar(status, &mut |s| ctx.cel_in(s, "", &[], &mut Vec::new()));
@@ -159,6 +160,8 @@ struct Ctx<'a> {
     names: &'a [String],
     parameters: &'a mut BTreeMap<String, Parameter>,
     has_schema: bool,
+    /// The source lines, to point at an expression inside a longer string.
+    lines: &'a [&'a str],
     report: &'a mut Report,
 }
 
@@ -364,6 +367,7 @@ impl Ctx<'_> {
             }
         };
         for e in found {
+            let at = self.expression_pos(at, &e.cel);
             let references = match expr::compile(&e.cel) {
                 Ok(r) => r,
                 Err(msg) => {
@@ -414,6 +418,17 @@ impl Ctx<'_> {
             at,
             format!("`${{{cel}}}` names `{root}`, which is not a resource, `schema`, or a forEach variable{}", suggest(root, &known)),
         );
+    }
+
+    /// Where `${cel}` is written, when it is on the scalar's first line as is (not folded or
+    /// escaped); else the scalar's start.
+    fn expression_pos(&self, scalar: Pos, cel: &str) -> Pos {
+        let Some(line) = self.lines.get(scalar.line.wrapping_sub(1)) else { return scalar };
+        let from = line.char_indices().nth(scalar.column.saturating_sub(1)).map_or(line.len(), |(i, _)| i);
+        match line[from..].find(&format!("${{{cel}}}")) {
+            Some(off) => Pos { line: scalar.line, column: line[..from + off].chars().count() + 1 },
+            None => scalar,
+        }
     }
 
     fn scalar(&mut self, map: &MarkedMappingNode, key: &str) -> Option<String> {
