@@ -324,10 +324,6 @@ pub const KUBERNETES_ACTIONS: &[KubernetesAction] = &[
         description: "Moves PersistentVolumeClaims whose volume no longer fits to the grown storage class.",
     },
     KubernetesAction {
-        name: "restart-deployment",
-        description: "Rolls a Deployment's pods (a rollout restart) and waits for the rollout.",
-    },
-    KubernetesAction {
         name: "update-storageclass-capacity",
         description: "Updates the storage class and its provisioner to the pool's new capacity.",
     },
