@@ -387,3 +387,77 @@ fn spawn_audit_writer(store: Store) -> mpsc::Sender<AuditEntry> {
     });
     tx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use labops_core::inventory::{Entity, EntityKind};
+    use labops_core::source::SourceState;
+
+    fn part(names: &[&str]) -> Part {
+        let mut p = Part::default();
+        for (i, n) in names.iter().enumerate() {
+            let mut e = Entity::new(EntityKind::Vm, format!("vm/{}", 100 + i), *n, "running", "proxmox");
+            e.vmid = Some(100 + i as u32);
+            p.entities.push(e);
+        }
+        p
+    }
+
+    #[tokio::test]
+    async fn failures_keep_the_last_good_part_and_unchanged_parts_share_the_inventory() {
+        let store = Store::in_memory().await.unwrap();
+        let lab = Lab::start(LabOptions { name: "t".into(), demo: false, sources: vec![] }, Some(store.clone())).await;
+
+        lab.report("proxmox", Ok((part(&["a", "b"]), vec![]))).await;
+        let first = lab.snapshot();
+        assert_eq!(first.inventory.entities().len(), 2);
+        assert_eq!(first.sources[0].state(), SourceState::Healthy);
+        // Stored before it was published.
+        assert_eq!(store.load_snapshots().await.unwrap()[0].part.entities.len(), 2);
+
+        lab.report("proxmox", Err("connection refused".into())).await;
+        let failed = lab.snapshot();
+        assert_eq!(failed.inventory.entities().len(), 2, "the last good part is still served");
+        assert_eq!(failed.sources[0].state(), SourceState::Degraded);
+        assert!(failed.generation > first.generation);
+        assert!(Arc::ptr_eq(&failed.inventory, &first.inventory), "a failure does not rebuild the inventory");
+
+        lab.report("proxmox", Ok((part(&["a", "b"]), vec![]))).await;
+        let same = lab.snapshot();
+        assert_eq!(same.sources[0].state(), SourceState::Healthy);
+        assert!(Arc::ptr_eq(&same.inventory, &first.inventory), "an unchanged part does not rebuild it");
+
+        lab.report("proxmox", Ok((part(&["a", "b", "c"]), vec!["node pve is offline".into()]))).await;
+        let changed = lab.snapshot();
+        assert_eq!(changed.inventory.entities().len(), 3);
+        assert_eq!(changed.sources[0].state(), SourceState::Degraded, "source warnings degrade it");
+    }
+
+    #[tokio::test]
+    async fn audit_records_are_written_in_order() {
+        let store = Store::in_memory().await.unwrap();
+        let lab = Lab::start(LabOptions { name: "t".into(), demo: false, sources: vec![] }, Some(store.clone())).await;
+        for i in 0..50 {
+            lab.audit(AuditEntry {
+                at_ms: i,
+                actor: "test".into(),
+                action: format!("a{i}"),
+                target: None,
+                outcome: "ok".into(),
+                detail: serde_json::Value::Null,
+            });
+        }
+        let mut n = 0;
+        for _ in 0..100 {
+            n = store.audit_recent(100).await.unwrap().len();
+            if n == 50 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(n, 50);
+        let newest = store.audit_recent(1).await.unwrap();
+        assert_eq!(newest[0].action, "a49");
+    }
+}

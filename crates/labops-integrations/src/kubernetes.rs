@@ -307,6 +307,16 @@ pub struct Objects {
     pub ingresses: Vec<Arc<Ingress>>,
 }
 
+/// What the three workload kinds have in common, as the mapping reads it.
+struct WorkloadView<'a> {
+    kind: &'static str,
+    meta: &'a kube::api::ObjectMeta,
+    desired: i32,
+    ready: i32,
+    selector: Option<LabelSelector>,
+    template: Option<&'a k8s_openapi::api::core::v1::PodTemplateSpec>,
+}
+
 /// A workload as the linker needs it.
 struct Workload {
     id: String,
@@ -410,44 +420,42 @@ pub fn to_part(o: &Objects) -> Part {
         part.entities.push(e);
         workloads.push(Workload { id, ns, selector, template_labels });
     };
-    for d in &o.deployments {
-        let spec = d.spec.as_ref();
-        let st = d.status.as_ref();
-        add_workload(
-            "Deployment",
-            &d.metadata,
-            spec.and_then(|s| s.replicas).unwrap_or(1),
-            st.and_then(|s| s.ready_replicas).unwrap_or(0),
-            spec.map(|s| s.selector.clone()),
-            spec.and_then(|s| s.template.metadata.as_ref()?.labels.clone()).unwrap_or_default(),
-            &mut part,
-        );
-    }
-    for d in &o.statefulsets {
-        let spec = d.spec.as_ref();
-        let st = d.status.as_ref();
-        add_workload(
-            "StatefulSet",
-            &d.metadata,
-            spec.and_then(|s| s.replicas).unwrap_or(1),
-            st.and_then(|s| s.ready_replicas).unwrap_or(0),
-            spec.map(|s| s.selector.clone()),
-            spec.and_then(|s| s.template.metadata.as_ref()?.labels.clone()).unwrap_or_default(),
-            &mut part,
-        );
-    }
-    for d in &o.daemonsets {
-        let spec = d.spec.as_ref();
-        let st = d.status.as_ref();
-        add_workload(
-            "DaemonSet",
-            &d.metadata,
-            st.map(|s| s.desired_number_scheduled).unwrap_or(0),
-            st.map(|s| s.number_ready).unwrap_or(0),
-            spec.map(|s| s.selector.clone()),
-            spec.and_then(|s| s.template.metadata.as_ref()?.labels.clone()).unwrap_or_default(),
-            &mut part,
-        );
+    let deployments = o.deployments.iter().map(|d| {
+        let (spec, st) = (d.spec.as_ref(), d.status.as_ref());
+        WorkloadView {
+            kind: "Deployment",
+            meta: &d.metadata,
+            desired: spec.and_then(|s| s.replicas).unwrap_or(1),
+            ready: st.and_then(|s| s.ready_replicas).unwrap_or(0),
+            selector: spec.map(|s| s.selector.clone()),
+            template: spec.map(|s| &s.template),
+        }
+    });
+    let statefulsets = o.statefulsets.iter().map(|d| {
+        let (spec, st) = (d.spec.as_ref(), d.status.as_ref());
+        WorkloadView {
+            kind: "StatefulSet",
+            meta: &d.metadata,
+            desired: spec.and_then(|s| s.replicas).unwrap_or(1),
+            ready: st.and_then(|s| s.ready_replicas).unwrap_or(0),
+            selector: spec.map(|s| s.selector.clone()),
+            template: spec.map(|s| &s.template),
+        }
+    });
+    let daemonsets = o.daemonsets.iter().map(|d| {
+        let (spec, st) = (d.spec.as_ref(), d.status.as_ref());
+        WorkloadView {
+            kind: "DaemonSet",
+            meta: &d.metadata,
+            desired: st.map(|s| s.desired_number_scheduled).unwrap_or(0),
+            ready: st.map(|s| s.number_ready).unwrap_or(0),
+            selector: spec.map(|s| s.selector.clone()),
+            template: spec.map(|s| &s.template),
+        }
+    });
+    for w in deployments.chain(statefulsets).chain(daemonsets) {
+        let labels = w.template.and_then(|t| t.metadata.as_ref()?.labels.clone()).unwrap_or_default();
+        add_workload(w.kind, w.meta, w.desired, w.ready, w.selector, labels, &mut part);
     }
 
     for p in &o.pods {
