@@ -303,6 +303,26 @@ fn report(e: &ServiceError) -> ExitCode {
     }
 }
 
+/// Prints a service answer as JSON or as text; an error goes to stderr (and, with `--json`, as
+/// JSON to stdout) and sets the exit code.
+fn answer<T: serde::Serialize>(
+    r: Result<T, ServiceError>,
+    json: bool,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<ExitCode> {
+    match r {
+        Ok(v) if json => print_json(&v)?,
+        Ok(v) => print!("{}", text(&v)),
+        Err(e) => {
+            if json {
+                print_json(&e)?;
+            }
+            return Ok(report(&e));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn one_shot(lab: &Lab, cmd: Command) -> anyhow::Result<ExitCode> {
     Ok(match cmd {
         Command::Status { json } => {
@@ -330,63 +350,16 @@ fn one_shot(lab: &Lab, cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::List { kind, node, status, label, json } => {
             let f = ListFilter { kind: parse_kind(kind.as_deref())?, node, status, label, limit: Some(10_000) };
-            match lab.list_entities(&f) {
-                Ok(l) if json => {
-                    print_json(&l)?;
-                    ExitCode::SUCCESS
-                }
-                Ok(l) => {
-                    print!("{}", render::entity_list(&l));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => report(&e),
-            }
+            answer(lab.list_entities(&f), json, render::entity_list)?
         }
-        Command::Resolve { name, kind, json } => match lab.resolve(&name, parse_kind(kind.as_deref())?) {
-            Ok(r) if json => {
-                print_json(&r)?;
-                ExitCode::SUCCESS
-            }
-            Ok(r) => {
-                println!("{}\t{}\t{}", r.entity.id, r.entity.kind, r.entity.status);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                if json {
-                    print_json(&e)?;
-                }
-                report(&e)
-            }
-        },
-        Command::Get { name } => match lab.get_entity(&name) {
-            Ok(d) => {
-                print_json(&d)?;
-                ExitCode::SUCCESS
-            }
-            Err(e) => report(&e),
-        },
-        Command::Impact { name, json } => match lab.impact_of(&name) {
-            Ok(r) if json => {
-                print_json(&r)?;
-                ExitCode::SUCCESS
-            }
-            Ok(r) => {
-                print!("{}", render::impact(&r));
-                ExitCode::SUCCESS
-            }
-            Err(e) => report(&e),
-        },
-        Command::Workloads { namespace, node, json } => match lab.k8s_workloads(&WorkloadFilter { namespace, node }) {
-            Ok(w) if json => {
-                print_json(&w)?;
-                ExitCode::SUCCESS
-            }
-            Ok(w) => {
-                print!("{}", render::workloads(&w));
-                ExitCode::SUCCESS
-            }
-            Err(e) => report(&e),
-        },
+        Command::Resolve { name, kind, json } => answer(lab.resolve(&name, parse_kind(kind.as_deref())?), json, |r| {
+            format!("{}\t{}\t{}\n", r.entity.id, r.entity.kind, r.entity.status)
+        })?,
+        Command::Get { name } => answer(lab.get_entity(&name), true, |_| String::new())?,
+        Command::Impact { name, json } => answer(lab.impact_of(&name), json, render::impact)?,
+        Command::Workloads { namespace, node, json } => {
+            answer(lab.k8s_workloads(&WorkloadFilter { namespace, node }), json, render::workloads)?
+        }
         Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Mcp | Command::Serve { .. } => {
             unreachable!("not one-shot")
         }
