@@ -7,8 +7,10 @@
 //!   (`inventory_summary`, `list_entities`, `get_entity`, `resolve`, `node_status`,
 //!   `guest_status`, `impact_of`, `k8s_workloads`). MCP tools, REST handlers and CLI commands are
 //!   thin wrappers around these.
+//! - [`runs`]: durable workflow execution: executors per step type, the driver, rollback.
 
 pub mod lab;
+pub mod runs;
 pub mod service;
 
 pub use lab::{Lab, LabOptions, Snapshot, SourceSpec};

@@ -4,10 +4,13 @@
 //!
 //! - the last good snapshot of each inventory source, so a restarted labops answers at once with
 //!   known (and age-marked) data while the sources are fetched again;
-//! - the audit log: every action taken through any interface.
+//! - the audit log: every action taken through any interface;
+//! - workflow runs ([`runs`]): runs, steps, progress events, driver leases and entity locks.
 //!
 //! Migrations live in `migrations/` and run on [`Store::open`]. Queries use `sqlx::query` with
 //! bound parameters (no compile-time database needed).
+
+pub mod runs;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -220,7 +223,7 @@ mod tests {
         let path = dir.path().join("state/labops.db");
         {
             let store = Store::open(&path).await.unwrap();
-            assert_eq!(store.schema_version().await.unwrap(), 1);
+            assert_eq!(store.schema_version().await.unwrap(), 2);
             let mut part = Part::default();
             part.entities.push(Entity::new(EntityKind::Vm, "vm/108", "k3s-vm-still-fawn", "running", "proxmox"));
             store.save_snapshot("proxmox", "https://127.0.0.1:8006", 42, &part).await.unwrap();

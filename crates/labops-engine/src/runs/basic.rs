@@ -1,0 +1,1 @@
+//! external-task and milestone executors

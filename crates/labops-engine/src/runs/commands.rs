@@ -1,0 +1,1 @@
+//! Allowlisted shell commands, locally or over SSH (helper B)

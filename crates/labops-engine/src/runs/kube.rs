@@ -1,0 +1,1 @@
+//! kubernetes-task and kubernetes-deployment executors (helper C)

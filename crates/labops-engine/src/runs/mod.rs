@@ -1,0 +1,19 @@
+//! Workflow runs: durable execution of planned workflows.
+//!
+//! - [`executor`]: the [`Executor`] trait every step type implements, and the [`Registry`];
+//! - [`basic`]: `external-task` (waits for a human) and `milestone` (joins branches);
+//! - [`proxmox`]: `proxmox-task` API actions, waiting on task UPIDs;
+//! - [`commands`]: allowlisted shell commands, locally or over SSH;
+//! - [`system`]: `system-check`;
+//! - [`git`]: `git-commit`;
+//! - [`kube`]: `kubernetes-task` and `kubernetes-deployment`.
+
+pub mod basic;
+pub mod commands;
+pub mod executor;
+pub mod git;
+pub mod kube;
+pub mod proxmox;
+pub mod system;
+
+pub use executor::{Compensation, Executor, Registry, RetryPolicy, RunStep, Started, StepCx, StepError, Verified};

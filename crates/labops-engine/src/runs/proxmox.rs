@@ -1,0 +1,1 @@
+//! proxmox-task executor: Proxmox API actions with UPID waits (helper A)
