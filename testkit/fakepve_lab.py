@@ -12,12 +12,13 @@ The control channel is plain HTTP on 127.0.0.1 (never exposed): POST /call with
 {"method": NAME, "args": [...], "kwargs": {...}} runs one of fakepve's scenario methods
 (set_node_offline, lose_quorum, regain_quorum, fail, slow_network, flaky_network,
 revoke_tickets, hold_config_lock, ...) on the live fake; POST /reset clears injected failures and
-network trouble; GET /state answers {"nodes", "guests"} for assertions.
+network trouble; GET /state answers {"nodes", "guests", "writes"} for assertions.
 """
 
 import argparse
 import asyncio
 import json
+import urllib.parse
 import os
 import sys
 
@@ -29,6 +30,19 @@ ALLOWED = {
     'set_node_offline', 'lose_quorum', 'regain_quorum', 'fail', 'slow_network', 'flaky_network',
     'revoke_tickets', 'hold_config_lock', 'release_config_lock', 'snapshot_lock', 'unlock',
 }
+
+
+def body_vmid(body):
+    """The `vmid` a recorded request body (JSON or form) carries, or ''."""
+    try:
+        text = body.decode() if isinstance(body, (bytes, bytearray)) else str(body)
+    except UnicodeDecodeError:
+        return ''
+    try:
+        data = json.loads(text)
+        return str(data.get('vmid', '')) if isinstance(data, dict) else ''
+    except ValueError:
+        return urllib.parse.parse_qs(text).get('vmid', [''])[0]
 
 
 def load_guests(path, generate):
@@ -111,8 +125,13 @@ async def main():
 
     async def state(request):
         guests = [{'vmid': g.vmid, 'name': g.name, 'node': g.node, 'status': g.status,
-                   'type': 'qemu' if g in pve.vms else 'lxc'} for g in list(pve.vms) + list(pve.cts)]
-        return web.json_response({'nodes': pve.nodes, 'guests': guests, 'requests': len(pve.requests)})
+                   'type': 'qemu' if g in pve.vms else 'lxc', 'snapshots': sorted(g.snapshots),
+                   'config': {k: v for k, v in g.config.items() if isinstance(v, (str, int, float, bool))}}
+                  for g in list(pve.vms) + list(pve.cts)]
+        # Every request that could change something, in order: tests count side effects with it.
+        writes = [[m, p, body_vmid(b)] for (m, p, b) in pve.requests if m != 'GET']
+        return web.json_response({'nodes': pve.nodes, 'guests': guests, 'requests': len(pve.requests),
+                                  'writes': writes})
 
     app = web.Application()
     app.router.add_post('/call', call)

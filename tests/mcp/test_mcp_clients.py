@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHARED = pathlib.Path(os.environ.get('LABOPS_TEST_SHARED', ROOT.parent / 'shared'))
 LABOPS = os.environ.get('LABOPS_TEST_BIN', str(ROOT / 'target' / 'release' / 'labops'))
 TOOLS = {'inventory_summary', 'list_entities', 'k8s_workloads', 'get_entity', 'resolve', 'node_status',
-         'guest_status', 'impact_of'}
+         'guest_status', 'impact_of', 'list_runs', 'run_status', 'watch_run'}
 
 
 @pytest.fixture(scope='module')
@@ -132,6 +132,28 @@ async def exercise(session):
     body = (await session.read_resource('labops://inventory')).contents[0]
     inv = json.loads(body.text)
     assert len([e for e in inv['entities'] if e['kind'] == 'vm']) == 5
+
+    # A workflow run started from the CLI, watched over MCP with progress notifications.
+    wf = pathlib.Path(LAB['config']).parent / 'wait.yaml'
+    wf.write_text('apiVersion: kro.run/v1alpha1\nkind: ResourceGraphDefinition\nmetadata:\n  name: wait\nspec:\n'
+                  '  resources:\n    - name: start\n      type: milestone\n    - name: plug-disk\n'
+                  '      type: external-task\n      dependencies: [start]\n      instructions: Plug the disk in\n')
+    out = subprocess.run([LABOPS, '--config', LAB['config'], 'workflow', 'run', str(wf)], check=True,
+                         capture_output=True, text=True).stdout
+    run_id = int(out.split('run ', 1)[1].split(':', 1)[0])
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total, message))
+    watched = (await session.call_tool('watch_run', {'run': run_id}, progress_callback=on_progress)).structured_content
+    assert [s['state'] for s in watched['steps']] == ['succeeded', 'waiting_human']
+    assert watched['steps'][1]['note'] == 'Plug the disk in'
+    assert 'step_waiting plug-disk' in [m for _, _, m in seen], seen
+    assert seen[-1][0] >= 1 and seen[-1][1] == 2
+    listed = (await session.call_tool('list_runs', {})).structured_content
+    assert run_id in [r['id'] for r in listed['runs']]
+    missing = await session.call_tool('run_status', {'run': 999999})
+    assert missing.is_error and 'no run 999999' in missing.content[0].text
 
     prompts = {p.name for p in (await session.list_prompts()).prompts}
     assert prompts == {'diagnose', 'plan_change'}

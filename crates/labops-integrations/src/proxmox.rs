@@ -45,8 +45,242 @@ pub const QEMU_CONFIG: ApiCall =
 pub const LXC_CONFIG: ApiCall =
     ApiCall { method: "GET", path: "/nodes/{node}/lxc/{vmid}/config", params: &[("current", Some("1"))] };
 
-/// Every request the client can send.
-pub const CALLS: &[ApiCall] = &[LOGIN, VERSION, CLUSTER_STATUS, CLUSTER_RESOURCES, QEMU_CONFIG, LXC_CONFIG];
+/// `GET /nodes/{node}/tasks/{upid}/status`: whether a worker task is still running, and how it ended.
+pub const TASK_STATUS: ApiCall = ApiCall { method: "GET", path: "/nodes/{node}/tasks/{upid}/status", params: &[] };
+
+/// Config keys labops may set on a VM, at creation and later (`net[n]` stands for `net0`, `net1`...).
+macro_rules! qemu_options {
+    ($($extra:literal),*) => {
+        &[$(($extra, None),)*
+          ("name", None), ("description", None), ("tags", None), ("memory", None), ("balloon", None),
+          ("cores", None), ("sockets", None), ("cpu", None), ("cpulimit", None), ("cpuunits", None),
+          ("numa", None), ("ostype", None), ("machine", None), ("bios", None), ("boot", None), ("agent", None),
+          ("onboot", None), ("startup", None), ("protection", None), ("scsihw", None), ("vga", None),
+          ("serial[n]", None), ("net[n]", None), ("scsi[n]", None), ("virtio[n]", None), ("sata[n]", None),
+          ("ide[n]", None), ("efidisk0", None), ("tpmstate0", None), ("ipconfig[n]", None), ("ciuser", None),
+          ("cipassword", None), ("sshkeys", None), ("nameserver", None), ("searchdomain", None),
+          ("citype", None), ("cicustom", None), ("hotplug", None), ("kvm", None), ("hostpci[n]", None),
+          ("usb[n]", None)]
+    };
+}
+
+/// Config keys labops may set on a container, at creation and later.
+macro_rules! lxc_options {
+    ($($extra:literal),*) => {
+        &[$(($extra, None),)*
+          ("hostname", None), ("description", None), ("tags", None), ("memory", None), ("swap", None),
+          ("cores", None), ("cpulimit", None), ("cpuunits", None), ("net[n]", None), ("rootfs", None),
+          ("mp[n]", None), ("onboot", None), ("startup", None), ("protection", None), ("features", None),
+          ("nameserver", None), ("searchdomain", None), ("timezone", None), ("arch", None), ("ostype", None)]
+    };
+}
+
+/// The requests that act on one kind of guest (`qemu` or `lxc`): the same operations under
+/// `/nodes/{node}/qemu/...` or `/nodes/{node}/lxc/...`, each with the parameters PVE takes there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestCalls {
+    /// `qemu` or `lxc`.
+    pub kind: &'static str,
+    /// `POST /nodes/{node}/{kind}`: create (a UPID).
+    pub create: ApiCall,
+    /// `POST .../{vmid}/clone`: copy to `newid` (a UPID).
+    pub clone: ApiCall,
+    /// `DELETE .../{vmid}`: destroy (a UPID).
+    pub destroy: ApiCall,
+    /// `GET .../{vmid}/status/current`: power state and lock.
+    pub status: ApiCall,
+    /// `POST .../{vmid}/status/start` (a UPID).
+    pub start: ApiCall,
+    /// `POST .../{vmid}/status/stop`: hard stop (a UPID).
+    pub stop: ApiCall,
+    /// `GET .../{vmid}/pending`: each key's current value and the value the next start applies.
+    pub pending: ApiCall,
+    /// `PUT .../{vmid}/config`: set keys, `delete` others.
+    pub set_config: ApiCall,
+    /// `GET .../{vmid}/snapshot`: the snapshots.
+    pub snapshots: ApiCall,
+    /// `POST .../{vmid}/snapshot`: take one (a UPID).
+    pub snapshot: ApiCall,
+    /// `DELETE .../{vmid}/snapshot/{snapname}` (a UPID).
+    pub delete_snapshot: ApiCall,
+    /// `POST .../{vmid}/snapshot/{snapname}/rollback` (a UPID).
+    pub rollback: ApiCall,
+    /// `PUT .../{vmid}/resize`: grow a disk (a UPID).
+    pub resize: ApiCall,
+    /// `POST .../{vmid}/migrate`: move to another node (a UPID).
+    pub migrate: ApiCall,
+}
+
+/// The requests for VMs.
+pub const QEMU: GuestCalls = GuestCalls {
+    kind: "qemu",
+    create: ApiCall {
+        method: "POST",
+        path: "/nodes/{node}/qemu",
+        params: qemu_options!("vmid", "storage", "start", "pool", "unique"),
+    },
+    clone: ApiCall {
+        method: "POST",
+        path: "/nodes/{node}/qemu/{vmid}/clone",
+        params: &[
+            ("newid", None),
+            ("name", None),
+            ("description", None),
+            ("full", None),
+            ("target", None),
+            ("storage", None),
+            ("pool", None),
+            ("snapname", None),
+        ],
+    },
+    destroy: ApiCall {
+        method: "DELETE",
+        path: "/nodes/{node}/qemu/{vmid}",
+        params: &[("purge", Some("1")), ("destroy-unreferenced-disks", Some("1"))],
+    },
+    status: ApiCall { method: "GET", path: "/nodes/{node}/qemu/{vmid}/status/current", params: &[] },
+    start: ApiCall { method: "POST", path: "/nodes/{node}/qemu/{vmid}/status/start", params: &[] },
+    stop: ApiCall { method: "POST", path: "/nodes/{node}/qemu/{vmid}/status/stop", params: &[] },
+    pending: ApiCall { method: "GET", path: "/nodes/{node}/qemu/{vmid}/pending", params: &[] },
+    set_config: ApiCall { method: "PUT", path: "/nodes/{node}/qemu/{vmid}/config", params: qemu_options!("delete") },
+    snapshots: ApiCall { method: "GET", path: "/nodes/{node}/qemu/{vmid}/snapshot", params: &[] },
+    snapshot: ApiCall {
+        method: "POST",
+        path: "/nodes/{node}/qemu/{vmid}/snapshot",
+        params: &[("snapname", None), ("description", None), ("vmstate", None)],
+    },
+    delete_snapshot: ApiCall { method: "DELETE", path: "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}", params: &[] },
+    rollback: ApiCall {
+        method: "POST",
+        path: "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/rollback",
+        params: &[("start", None)],
+    },
+    resize: ApiCall {
+        method: "PUT",
+        path: "/nodes/{node}/qemu/{vmid}/resize",
+        params: &[("disk", None), ("size", None)],
+    },
+    migrate: ApiCall {
+        method: "POST",
+        path: "/nodes/{node}/qemu/{vmid}/migrate",
+        params: &[("target", None), ("online", None), ("with-local-disks", None)],
+    },
+};
+
+/// The requests for containers.
+pub const LXC: GuestCalls = GuestCalls {
+    kind: "lxc",
+    create: ApiCall {
+        method: "POST",
+        path: "/nodes/{node}/lxc",
+        params: lxc_options!("vmid", "ostemplate", "storage", "password", "ssh-public-keys", "unprivileged", "start", "pool"),
+    },
+    clone: ApiCall {
+        method: "POST",
+        path: "/nodes/{node}/lxc/{vmid}/clone",
+        params: &[
+            ("newid", None),
+            ("hostname", None),
+            ("description", None),
+            ("full", None),
+            ("target", None),
+            ("storage", None),
+            ("pool", None),
+            ("snapname", None),
+        ],
+    },
+    destroy: ApiCall {
+        method: "DELETE",
+        path: "/nodes/{node}/lxc/{vmid}",
+        params: &[("purge", Some("1")), ("destroy-unreferenced-disks", Some("1"))],
+    },
+    status: ApiCall { method: "GET", path: "/nodes/{node}/lxc/{vmid}/status/current", params: &[] },
+    start: ApiCall { method: "POST", path: "/nodes/{node}/lxc/{vmid}/status/start", params: &[] },
+    stop: ApiCall { method: "POST", path: "/nodes/{node}/lxc/{vmid}/status/stop", params: &[] },
+    pending: ApiCall { method: "GET", path: "/nodes/{node}/lxc/{vmid}/pending", params: &[] },
+    set_config: ApiCall { method: "PUT", path: "/nodes/{node}/lxc/{vmid}/config", params: lxc_options!("delete") },
+    snapshots: ApiCall { method: "GET", path: "/nodes/{node}/lxc/{vmid}/snapshot", params: &[] },
+    snapshot: ApiCall {
+        method: "POST",
+        path: "/nodes/{node}/lxc/{vmid}/snapshot",
+        params: &[("snapname", None), ("description", None)],
+    },
+    delete_snapshot: ApiCall { method: "DELETE", path: "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}", params: &[] },
+    rollback: ApiCall {
+        method: "POST",
+        path: "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback",
+        params: &[("start", None)],
+    },
+    resize: ApiCall { method: "PUT", path: "/nodes/{node}/lxc/{vmid}/resize", params: &[("disk", None), ("size", None)] },
+    migrate: ApiCall {
+        method: "POST",
+        path: "/nodes/{node}/lxc/{vmid}/migrate",
+        params: &[("target", None), ("online", None), ("restart", None)],
+    },
+};
+
+impl GuestCalls {
+    /// Every call of the set.
+    pub const fn all(&self) -> [ApiCall; 14] {
+        [
+            self.create,
+            self.clone,
+            self.destroy,
+            self.status,
+            self.start,
+            self.stop,
+            self.pending,
+            self.set_config,
+            self.snapshots,
+            self.snapshot,
+            self.delete_snapshot,
+            self.rollback,
+            self.resize,
+            self.migrate,
+        ]
+    }
+}
+
+const READ_CALLS: [ApiCall; 7] = [LOGIN, VERSION, CLUSTER_STATUS, CLUSTER_RESOURCES, QEMU_CONFIG, LXC_CONFIG, TASK_STATUS];
+
+/// Every request the client can send: the read side ([`LOGIN`] ... [`TASK_STATUS`]) and the
+/// guest actions of [`QEMU`] and [`LXC`].
+pub const CALLS: &[ApiCall] = &concat_calls();
+
+const fn concat_calls() -> [ApiCall; 7 + 14 + 14] {
+    let q = QEMU.all();
+    let l = LXC.all();
+    let mut out = [LOGIN; 7 + 14 + 14];
+    let mut i = 0;
+    while i < 7 {
+        out[i] = READ_CALLS[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < 14 {
+        out[7 + j] = q[j];
+        out[7 + 14 + j] = l[j];
+        j += 1;
+    }
+    out
+}
+
+impl ApiCall {
+    /// Whether the call declares parameter `name`, by its own name or by an indexed family
+    /// (`net[n]` declares `net0`, `net1`...), and its fixed value if it has one.
+    pub fn param(&self, name: &str) -> Option<Option<&'static str>> {
+        self.params.iter().find(|(p, _)| declares(p, name)).map(|(_, v)| *v)
+    }
+}
+
+fn declares(declared: &str, name: &str) -> bool {
+    match declared.strip_suffix("[n]") {
+        Some(prefix) => name
+            .strip_prefix(prefix)
+            .is_some_and(|index| !index.is_empty() && index.len() <= 3 && index.bytes().all(|b| b.is_ascii_digit())),
+        None => declared == name,
+    }
+}
 
 /// How labops logs in to Proxmox.
 #[derive(Debug, Clone)]
@@ -161,25 +395,55 @@ impl Client {
 
     /// Sends one of the [`CALLS`] with path parameters substituted, and returns PVE's `data`.
     pub async fn call(&self, call: &ApiCall, path_args: &[(&str, &str)]) -> Result<Value> {
+        self.call_with(call, path_args, &[]).await
+    }
+
+    /// Sends one of the [`CALLS`] with path parameters substituted and request parameters
+    /// (`(name, value)`, in the query string for GET and DELETE, in the form body otherwise), and
+    /// returns PVE's `data`. Every name must be declared in the call's `params` (an indexed
+    /// family such as `net[n]` declares `net0`...); a declared fixed value is always sent and
+    /// cannot be given.
+    pub async fn call_with(&self, call: &ApiCall, path_args: &[(&str, &str)], params: &[(&str, String)]) -> Result<Value> {
         if !CALLS.contains(call) {
             return Err(Error::Bad(format!("{} {} is not in the client's call list", call.method, call.path)));
         }
         let path = fill_path(call.path, path_args)?;
-        let query: Vec<(&str, &str)> = call.params.iter().filter_map(|(k, v)| v.map(|v| (*k, v))).collect();
-        match self.send(call, &path, &query).await {
+        let mut sent: Vec<(&str, &str)> = call.params.iter().filter_map(|(k, v)| v.map(|v| (*k, v))).collect();
+        for (name, value) in params {
+            match call.param(name) {
+                None => {
+                    return Err(Error::Bad(format!(
+                        "{} {}: parameter {name} is not declared for this call",
+                        call.method, call.path
+                    )));
+                }
+                Some(Some(fixed)) => {
+                    return Err(Error::Bad(format!(
+                        "{} {}: parameter {name} is always sent as {fixed}",
+                        call.method, call.path
+                    )));
+                }
+                Some(None) => sent.push((name, value.as_str())),
+            }
+        }
+        match self.send(call, &path, &sent).await {
             Err(Error::Status { status: 401, .. }) if matches!(self.settings.auth, Auth::Password { .. }) => {
                 // The ticket expired or was revoked: log in again once.
                 *self.ticket.lock().await = None;
-                self.send(call, &path, &query).await
+                self.send(call, &path, &sent).await
             }
             other => other,
         }
     }
 
-    async fn send(&self, call: &ApiCall, path: &str, query: &[(&str, &str)]) -> Result<Value> {
+    async fn send(&self, call: &ApiCall, path: &str, params: &[(&str, &str)]) -> Result<Value> {
         let url = format!("{}/api2/json{}", self.settings.url.trim_end_matches('/'), path);
-        let method = reqwest::Method::from_bytes(call.method.as_bytes()).expect("static method");
-        let mut req = self.http.request(method, &url).query(query);
+        let method = reqwest::Method::from_bytes(call.method.as_bytes())
+            .map_err(|_| Error::Bad(format!("{}: not an HTTP method", call.method)))?;
+        let mut req = self.http.request(method, &url);
+        if !params.is_empty() {
+            req = if matches!(call.method, "GET" | "DELETE") { req.query(params) } else { req.form(params) };
+        }
         match &self.settings.auth {
             Auth::Token { id, secret } => {
                 req = req.header("Authorization", format!("PVEAPIToken={id}={}", secret.expose()));
@@ -507,6 +771,37 @@ mod tests {
         );
         assert!(fill_path(QEMU_CONFIG.path, &[("node", "still-fawn")]).is_err());
         assert!(fill_path(QEMU_CONFIG.path, &[("node", "../x"), ("vmid", "1")]).is_err());
+    }
+
+    #[test]
+    fn indexed_parameters_are_declared_by_their_family() {
+        assert_eq!(QEMU.set_config.param("net0"), Some(None));
+        assert_eq!(QEMU.set_config.param("scsi13"), Some(None));
+        assert_eq!(QEMU.set_config.param("net"), None);
+        assert_eq!(QEMU.set_config.param("netx"), None);
+        assert_eq!(QEMU.set_config.param("net0x"), None);
+        assert_eq!(QEMU.destroy.param("purge"), Some(Some("1")));
+        assert_eq!(CALLS.len(), 7 + 2 * 14);
+        assert!(CALLS.contains(&TASK_STATUS) && CALLS.contains(&QEMU.snapshot) && CALLS.contains(&LXC.migrate));
+    }
+
+    #[tokio::test]
+    async fn undeclared_or_fixed_parameters_are_refused_before_sending() {
+        let client = Client::new(Settings {
+            url: "https://127.0.0.1:1".into(),
+            auth: Auth::Token { id: "root@pam!t".into(), secret: Secret::new("x") },
+            tls: TlsTrust::System,
+            timeout: Duration::from_secs(1),
+            concurrency: 1,
+        })
+        .unwrap();
+        let path = [("node", "pve"), ("vmid", "100")];
+        let err = client.call_with(&QEMU.set_config, &path, &[("bogus", "1".into())]).await.unwrap_err();
+        assert!(err.to_string().contains("bogus is not declared"), "{err}");
+        let err = client.call_with(&QEMU.destroy, &path, &[("purge", "0".into())]).await.unwrap_err();
+        assert!(err.to_string().contains("always sent as 1"), "{err}");
+        let stray = ApiCall { method: "DELETE", path: "/nodes/{node}", params: &[] };
+        assert!(matches!(client.call(&stray, &[("node", "pve")]).await, Err(Error::Bad(_))));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Every request the Proxmox client can send exists in the PVE 9.1.3 API schema, with valid
 //! parameters and valid fixed values.
 
-use labops_integrations::proxmox::{ApiCall, CALLS};
+use labops_integrations::proxmox::{ApiCall, CALLS, LXC, QEMU};
 use serde_json::Value;
 
 fn schema() -> Value {
@@ -87,6 +87,43 @@ fn every_client_call_is_in_the_pve_schema() {
 }
 
 #[test]
+fn the_guest_actions_are_in_the_call_list() {
+    // The executor of `proxmox-task` sends these; each must be in CALLS so the test above checks
+    // its method, path and parameters.
+    let wanted = [
+        ("GET", "/nodes/{node}/tasks/{upid}/status"),
+        ("POST", "/nodes/{node}/qemu"),
+        ("POST", "/nodes/{node}/lxc"),
+        ("POST", "/nodes/{node}/qemu/{vmid}/clone"),
+        ("DELETE", "/nodes/{node}/qemu/{vmid}"),
+        ("DELETE", "/nodes/{node}/lxc/{vmid}"),
+        ("GET", "/nodes/{node}/qemu/{vmid}/status/current"),
+        ("POST", "/nodes/{node}/qemu/{vmid}/status/start"),
+        ("POST", "/nodes/{node}/qemu/{vmid}/status/stop"),
+        ("POST", "/nodes/{node}/lxc/{vmid}/status/start"),
+        ("POST", "/nodes/{node}/lxc/{vmid}/status/stop"),
+        ("GET", "/nodes/{node}/qemu/{vmid}/pending"),
+        ("PUT", "/nodes/{node}/qemu/{vmid}/config"),
+        ("PUT", "/nodes/{node}/lxc/{vmid}/config"),
+        ("GET", "/nodes/{node}/qemu/{vmid}/snapshot"),
+        ("POST", "/nodes/{node}/qemu/{vmid}/snapshot"),
+        ("DELETE", "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}"),
+        ("POST", "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/rollback"),
+        ("PUT", "/nodes/{node}/qemu/{vmid}/resize"),
+        ("POST", "/nodes/{node}/qemu/{vmid}/migrate"),
+        ("POST", "/nodes/{node}/lxc/{vmid}/migrate"),
+    ];
+    for (method, path) in wanted {
+        assert!(CALLS.iter().any(|c| c.method == method && c.path == path), "{method} {path} is not in CALLS");
+    }
+    // Indexed families are declared as the schema names them.
+    assert!(QEMU.set_config.params.iter().any(|(n, _)| *n == "net[n]"));
+    assert_eq!(QEMU.set_config.param("net0"), Some(None));
+    assert_eq!(QEMU.set_config.param("net"), None);
+    assert_eq!(LXC.create.param("ostemplate"), Some(None));
+}
+
+#[test]
 fn the_checker_rejects_what_is_not_in_the_schema() {
     let schema = schema();
     let bad = [
@@ -95,6 +132,14 @@ fn the_checker_rejects_what_is_not_in_the_schema() {
         ApiCall { method: "GET", path: "/cluster/resources", params: &[("type", Some("pods"))] },
         ApiCall { method: "GET", path: "/cluster/resources", params: &[("kind", None)] },
         ApiCall { method: "POST", path: "/access/ticket", params: &[("username", None)] },
+        // Write calls: a missing required parameter, a made-up one, a bad fixed value, the wrong
+        // method, and an indexed family spelled without its index.
+        ApiCall { method: "POST", path: "/nodes/{node}/qemu/{vmid}/snapshot", params: &[("description", None)] },
+        ApiCall { method: "PUT", path: "/nodes/{node}/qemu/{vmid}/resize", params: &[("disk", None), ("grow", None)] },
+        ApiCall { method: "DELETE", path: "/nodes/{node}/qemu/{vmid}", params: &[("purge", Some("yes"))] },
+        ApiCall { method: "PUT", path: "/nodes/{node}/qemu/{vmid}/migrate", params: &[("target", None)] },
+        ApiCall { method: "PUT", path: "/nodes/{node}/qemu/{vmid}/config", params: &[("net", None)] },
+        ApiCall { method: "POST", path: "/nodes/{node}/lxc", params: &[("vmid", None)] },
     ];
     for call in &bad {
         assert!(!check(&schema, call).is_empty(), "{call:?} should be rejected");

@@ -18,6 +18,7 @@ use labops_core::inventory::EntityKind;
 use labops_core::resolve::ResolveError;
 use labops_engine::service::{ListFilter, ServiceError, WorkloadFilter};
 use labops_engine::Lab;
+use labops_store::Store;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde::Deserialize;
@@ -189,7 +190,11 @@ pub fn router(lab: Lab, opts: &HttpOptions) -> Router {
                 }))
             }),
         )
-        .with_state(lab);
+        .with_state(lab.clone());
+    let api = match lab.store() {
+        Some(store) => api.merge(runs_api(store.clone())),
+        None => api,
+    };
     let guard_state = Guard { token: Arc::from(opts.token.as_str()), allowed_hosts: Arc::new(opts.allowed_hosts.clone()) };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -198,6 +203,108 @@ pub fn router(lab: Lab, opts: &HttpOptions) -> Router {
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/summary or /mcp") })
         .layer(RequestBodyLimitLayer::new(opts.max_body_bytes))
         .layer(middleware::from_fn_with_state(guard_state, guard))
+}
+
+/// `/api/v1/runs`, `/api/v1/runs/{id}` and the progress stream `/api/v1/runs/{id}/events`
+/// (server-sent events, one per run event, resumable with `Last-Event-ID` or `?after=SEQ`; the
+/// stream ends after the run ends).
+fn runs_api(store: Store) -> Router {
+    Router::new()
+        .route(
+            "/runs",
+            get(|State(s): State<Store>, Query(q): Query<RunsQuery>| async move {
+                match s.runs(!q.all.unwrap_or(false), 500).await {
+                    Ok(r) => Json(r).into_response(),
+                    Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }),
+        )
+        .route("/runs/{id}", get(run_status))
+        .route("/runs/{id}/events", get(run_events))
+        .with_state(store)
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    all: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<i64>,
+}
+
+fn run_number(id: &str) -> Result<i64, Response> {
+    id.trim_start_matches("run-")
+        .parse()
+        .map_err(|_| json_error(StatusCode::BAD_REQUEST, format!("{id:?} is not a run number; GET /api/v1/runs lists them")))
+}
+
+async fn run_status(State(s): State<Store>, Path(id): Path<String>) -> Response {
+    let id = match run_number(&id) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let found = async {
+        let Some(run) = s.run(id).await? else { return Ok(None) };
+        Ok::<_, labops_store::Error>(Some(serde_json::json!({
+            "run": run,
+            "steps": s.run_steps(id).await?,
+            "locks": s.run_locks(id).await?,
+        })))
+    };
+    match found.await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => json_error(StatusCode::NOT_FOUND, format!("there is no run {id}; GET /api/v1/runs lists them")),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn run_events(State(s): State<Store>, Path(id): Path<String>, Query(q): Query<EventsQuery>, headers: axum::http::HeaderMap) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let id = match run_number(&id) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    match s.run(id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return json_error(StatusCode::NOT_FOUND, format!("there is no run {id}; GET /api/v1/runs lists them")),
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
+    let after = resume.or(q.after).unwrap_or(0);
+    // Poll the store: events may come from any labops process driving the run.
+    let stream = futures::stream::unfold((s, after, false), move |(s, after, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let events = match s.run_events(id, after, 200).await {
+                Ok(e) => e,
+                Err(e) => {
+                    let ev = Event::default().event("error").data(e.to_string());
+                    return Some((futures::stream::iter(vec![Ok::<_, std::convert::Infallible>(ev)]), (s, after, true)));
+                }
+            };
+            if !events.is_empty() {
+                let last = events.last().map(|e| e.seq).unwrap_or(after);
+                let out: Vec<_> = events
+                    .iter()
+                    .map(|e| {
+                        Ok(Event::default().id(e.seq.to_string()).event(e.kind.clone()).json_data(e).unwrap_or_else(|_| Event::default()))
+                    })
+                    .collect();
+                return Some((futures::stream::iter(out), (s, last, false)));
+            }
+            let ended = s.run(id).await.ok().flatten().is_none_or(|r| labops_store::runs::TERMINAL.contains(&r.state.as_str()));
+            if ended {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    use futures::StreamExt as _;
+    Sse::new(stream.flatten()).keep_alive(KeepAlive::default()).into_response()
 }
 
 /// Serves until `shutdown` resolves.

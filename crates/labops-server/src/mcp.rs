@@ -115,6 +115,84 @@ fn tool_error(e: &ServiceError) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(e.to_string()), ContentBlock::text(details)])
 }
 
+
+/// Arguments of `list_runs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunsArgs {
+    /// Include runs that have ended.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Arguments of `run_status` and `watch_run`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunArgs {
+    /// The run number (`17`).
+    pub run: i64,
+}
+
+/// One workflow run.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RunView {
+    /// Its number.
+    pub id: i64,
+    /// The workflow.
+    pub workflow: String,
+    /// `awaiting_approval`, `running`, `rolling_back`, `succeeded`, `rolled_back`, `cancelled`, `failed`.
+    pub state: String,
+    /// Who started it.
+    pub created_by: String,
+    /// Who approved it (a human, from the CLI; no MCP tool approves).
+    pub approved_by: Option<String>,
+    /// Its steps (only in `run_status` and `watch_run`).
+    #[serde(default)]
+    pub steps: Vec<StepView>,
+    /// Entities it holds locks on.
+    #[serde(default)]
+    pub locks: Vec<String>,
+    /// What was undone and what could not be, once it ended.
+    pub report: Option<serde_json::Value>,
+}
+
+/// One step of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct StepView {
+    /// The step.
+    pub name: String,
+    /// Its state (`pending`, `running`, `waiting_human`, `succeeded`, `failed`, `compensated`...).
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Why it failed or what it waits for.
+    pub note: Option<String>,
+}
+
+/// Runs, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RunList {
+    /// The runs.
+    pub runs: Vec<RunView>,
+}
+
+fn run_view(r: labops_store::runs::RunRecord, steps: Vec<labops_store::runs::StepRecord>, locks: Vec<String>) -> RunView {
+    RunView {
+        id: r.id,
+        workflow: r.workflow,
+        state: r.state,
+        created_by: r.created_by,
+        approved_by: r.approved_by,
+        steps: steps.into_iter().map(|s| StepView { name: s.name, state: s.state, attempts: s.attempt, note: s.error }).collect(),
+        locks,
+        report: r.report,
+    }
+}
+
+fn run_error(message: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
 #[tool_router]
 impl LabMcp {
     /// A new service for one connection; `actor` names the transport in the audit log.
@@ -213,6 +291,73 @@ impl LabMcp {
     async fn impact_of(&self, Parameters(a): Parameters<NameArgs>) -> Result<Json<ImpactReport>, CallToolResult> {
         let r = self.lab.impact_of(&a.name);
         self.answer("impact_of", Some(&a.name), serde_json::json!({"name": a.name}), r)
+    }
+
+    async fn load_run(&self, id: i64) -> Result<RunView, CallToolResult> {
+        let store = self.lab.store().ok_or_else(|| run_error("this labops has no state database".into()))?;
+        let run = store.run(id).await.map_err(|e| run_error(e.to_string()))?;
+        let run = run.ok_or_else(|| run_error(format!("there is no run {id}; `list_runs` lists them")))?;
+        let steps = store.run_steps(id).await.map_err(|e| run_error(e.to_string()))?;
+        let locks = store.run_locks(id).await.map_err(|e| run_error(e.to_string()))?;
+        Ok(run_view(run, steps, locks))
+    }
+
+    /// Workflow runs in flight (or all of them), newest first: state, who started and who
+    /// approved each. Runs are started and approved by humans from the CLI.
+    #[tool(annotations(title = "Workflow runs", read_only_hint = true, open_world_hint = false))]
+    async fn list_runs(&self, Parameters(a): Parameters<RunsArgs>) -> Result<Json<RunList>, CallToolResult> {
+        let store = self.lab.store().ok_or_else(|| run_error("this labops has no state database".into()))?;
+        let runs = store.runs(!a.all, 200).await.map_err(|e| run_error(e.to_string()))?;
+        self.audit::<()>("list_runs", None, serde_json::to_value(&a).unwrap_or_default(), &Ok(()));
+        Ok(Json(RunList { runs: runs.into_iter().map(|r| run_view(r, Vec::new(), Vec::new())).collect() }))
+    }
+
+    /// One workflow run: each step's state and attempts, what it waits for (a human's action,
+    /// an approval), the entities it holds, and after it ended what was undone.
+    #[tool(annotations(title = "Run status", read_only_hint = true, open_world_hint = false))]
+    async fn run_status(&self, Parameters(a): Parameters<RunArgs>) -> Result<Json<RunView>, CallToolResult> {
+        let r = self.load_run(a.run).await;
+        self.audit::<()>("run_status", Some(&format!("run/{}", a.run)), serde_json::json!({"run": a.run}), &Ok(()));
+        r.map(Json)
+    }
+
+    /// Follows a run, sending a progress notification per event (when the request carries a
+    /// progress token), until it ends, waits for a human, or 2 minutes pass; then returns its
+    /// status. Watching changes nothing.
+    #[tool(annotations(title = "Watch a run", read_only_hint = true, open_world_hint = false))]
+    async fn watch_run(&self, Parameters(a): Parameters<RunArgs>, ctx: RequestContext<RoleServer>) -> Result<Json<RunView>, CallToolResult> {
+        use rmcp::model::ProgressNotificationParam;
+        let store = self.lab.store().ok_or_else(|| run_error("this labops has no state database".into()))?.clone();
+        let mut view = self.load_run(a.run).await?;
+        self.audit::<()>("watch_run", Some(&format!("run/{}", a.run)), serde_json::json!({"run": a.run}), &Ok(()));
+        let token = ctx.meta.get_progress_token();
+        let total = view.steps.len() as f64;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let mut seq = 0;
+        let mut progress = 0.0;
+        loop {
+            let events = store.run_events(a.run, seq, 500).await.map_err(|e| run_error(e.to_string()))?;
+            for e in &events {
+                seq = e.seq;
+                if matches!(e.kind.as_str(), "step_succeeded" | "step_compensated" | "step_failed") {
+                    progress += 1.0;
+                }
+                if let Some(t) = &token {
+                    let step = e.step.as_deref().map(|s| format!(" {s}")).unwrap_or_default();
+                    let p = ProgressNotificationParam::new(t.clone(), progress).with_total(total.max(progress)).with_message(format!("{}{step}", e.kind));
+                    let _ = ctx.peer.notify_progress(p).await;
+                }
+            }
+            view = self.load_run(a.run).await?;
+            let ended = labops_store::runs::TERMINAL.contains(&view.state.as_str());
+            let waits = view.state == "awaiting_approval"
+                || (!view.steps.iter().any(|s| matches!(s.state.as_str(), "running" | "pending" | "confirmed" | "compensating"))
+                    && view.steps.iter().any(|s| matches!(s.state.as_str(), "waiting_human" | "awaiting_confirmation")));
+            if ended || waits || std::time::Instant::now() > deadline || ctx.ct.is_cancelled() {
+                return Ok(Json(view));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 }
 

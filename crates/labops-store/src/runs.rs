@@ -352,6 +352,14 @@ impl Store {
         Ok(true)
     }
 
+    /// Appends an event that changes no state (progress, retries).
+    pub async fn add_event(&self, run: i64, now: i64, event: &NewEvent) -> Result<i64> {
+        let mut tx = self.write_tx().await?;
+        let seq = append(&mut tx, run, now, event).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
     /// Records a human approval of a run awaiting it; false when it was not awaiting approval.
     pub async fn approve_run(&self, run: i64, approver: &str, now: i64) -> Result<bool> {
         let mut tx = self.write_tx().await?;

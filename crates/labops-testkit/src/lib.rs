@@ -1,4 +1,5 @@
-//! Test doubles for labops. The main one is [`FakeKube`], a stateful fake Kubernetes API
+//! Test doubles for labops. [`fakepve`] starts the real Proxmox VE simulator (fakepve, from PyPI)
+//! with its fault-injection channel. The other is [`FakeKube`], a stateful fake Kubernetes API
 //! server: it holds objects and serves them over plain HTTP the way the real API server does
 //! (discovery, list with selectors and pagination, watch with resourceVersions, bookmarks and
 //! 410 Expired, get/create/replace/patch/server-side apply/delete, status and scale
@@ -7,6 +8,8 @@
 //! Tests change the cluster in-process with [`FakeKube::apply`], [`FakeKube::delete`] and
 //! [`FakeKube::set_status`], and make the API misbehave with [`FakeKube::set_unavailable`],
 //! [`FakeKube::fail_watches`], [`FakeKube::expire_watches`] or [`FakeKube::set_offline`].
+//!
+//! [`sshd::Sshd`] runs a real OpenSSH server on loopback for tests of commands run over SSH.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -25,6 +28,9 @@
 //! kube.set_unavailable(true); // now every request answers 503
 //! # }
 //! ```
+
+pub mod fakepve;
+pub mod sshd;
 
 mod fields;
 mod resources;

@@ -42,6 +42,41 @@ pub struct Config {
     /// `[[hosts]]`: machines without an API.
     #[serde(default)]
     pub hosts: Vec<HostConfig>,
+    /// `[workflows]`: how runs are executed.
+    #[serde(default)]
+    pub workflows: WorkflowsConfig,
+    /// `[ssh]`: how workflow steps reach hosts for allowlisted commands. Absent: `system-check`
+    /// runs locally only and `proxmox-task` `commands` cannot run.
+    #[serde(default)]
+    pub ssh: Option<labops_engine::runs::commands::SshSettings>,
+    /// `[git]`: the GitOps repository `git-commit` steps commit to. Absent: no `git-commit`.
+    #[serde(default)]
+    pub git: Option<labops_engine::runs::git::GitSettings>,
+}
+
+/// `[workflows]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowsConfig {
+    /// Steps running at once across all runs of one labops process (default 8).
+    #[serde(default = "default_steps_at_once")]
+    pub steps_at_once: usize,
+    /// Independent branches of one run running at once (default 4).
+    #[serde(default = "default_parallel_branches")]
+    pub parallel_branches: usize,
+}
+
+fn default_steps_at_once() -> usize {
+    8
+}
+fn default_parallel_branches() -> usize {
+    4
+}
+
+impl Default for WorkflowsConfig {
+    fn default() -> Self {
+        Self { steps_at_once: default_steps_at_once(), parallel_branches: default_parallel_branches() }
+    }
 }
 
 /// `[lab]`
@@ -257,6 +292,12 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("kubernetes", &["kubeconfig", "context", "refresh_seconds"]),
     ("server", &["listen", "token", "token_file", "allowed_hosts", "max_body_bytes"]),
+    ("workflows", &["steps_at_once", "parallel_branches"]),
+    (
+        "ssh",
+        &["user", "port", "identity_file", "known_hosts_file", "strict_host_key_checking", "connect_timeout_seconds", "hosts"],
+    ),
+    ("git", &["repository", "author_name", "author_email"]),
 ];
 const HOST_FIELDS: &[&str] = &["name", "address", "role", "labels"];
 
@@ -359,6 +400,8 @@ pub fn load(explicit: Option<&Path>) -> Loaded {
     check_field::<PathBuf>(&f, "server.token_file", &mut errors);
     check_field::<Vec<String>>(&f, "server.allowed_hosts", &mut errors);
     check_field::<usize>(&f, "server.max_body_bytes", &mut errors);
+    check_field::<usize>(&f, "workflows.steps_at_once", &mut errors);
+    check_field::<usize>(&f, "workflows.parallel_branches", &mut errors);
     if let Ok(hosts) = f.extract_inner::<Vec<figment::value::Value>>("hosts") {
         for (i, h) in hosts.iter().enumerate() {
             let Some(dict) = h.as_dict() else {
@@ -499,6 +542,22 @@ fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Pro
     }
     if c.server.max_body_bytes < 1024 || c.server.max_body_bytes > 64 * 1024 * 1024 {
         err("server.max_body_bytes", format!("{} is out of range; use 1024..=67108864", c.server.max_body_bytes));
+    }
+    if let Some(g) = &c.git {
+        if !g.repository.join(".git").exists() {
+            err("git.repository", format!("{} is not a git work tree (no .git); run `git init` there or fix the path", g.repository.display()));
+        }
+    }
+    if let Some(f) = c.ssh.as_ref().and_then(|s| s.identity_file.as_ref()) {
+        if !f.exists() {
+            err("ssh.identity_file", format!("{} does not exist", f.display()));
+        }
+    }
+    if !(1..=256).contains(&c.workflows.steps_at_once) {
+        err("workflows.steps_at_once", format!("{} is out of range; use 1..=256", c.workflows.steps_at_once));
+    }
+    if !(1..=64).contains(&c.workflows.parallel_branches) {
+        err("workflows.parallel_branches", format!("{} is out of range; use 1..=64", c.workflows.parallel_branches));
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, h) in c.hosts.iter().enumerate() {

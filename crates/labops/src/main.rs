@@ -3,6 +3,7 @@
 
 mod config;
 mod render;
+mod runs_cmd;
 mod workflow_cmd;
 
 use std::path::PathBuf;
@@ -46,7 +47,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Validate and plan workflows (kro ResourceGraphDefinitions); needs no config or lab.
+    /// Workflows (kro ResourceGraphDefinitions): validate and plan them (no config needed), run
+    /// them durably, and act on runs (approve, complete a human step, cancel, resume).
     Workflow {
         #[command(subcommand)]
         command: workflow_cmd::WorkflowCommand,
@@ -162,7 +164,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Init { path, force } => return init(path.clone(), *force),
-        Command::Workflow { command } => return workflow_cmd::run(command),
+        Command::Workflow { command } if !command.needs_state() => return workflow_cmd::run(command),
         Command::Config { command: ConfigCommand::Validate } => return validate(cli.config.as_deref()),
         _ => {}
     }
@@ -177,6 +179,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         tracing::warn!(field = %w.path, "{}", w.message);
     }
     let cfg = loaded.config.expect("no errors means a config");
+    if let Command::Workflow { command } = &cli.command {
+        let store = open_store(&cfg, cli.data_dir.clone()).await?;
+        return runs_cmd::run_state(command, &cfg, store).await;
+    }
     let configured = cfg.proxmox.is_some() || cfg.kubernetes.is_some() || !cfg.hosts.is_empty();
     let lab = start_lab(&cfg, cli.data_dir.clone()).await?;
 
@@ -198,7 +204,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if lab.is_demo() {
                 eprintln!("DEMO LAB: serving a simulated Proxmox cluster (fakepve), not a real lab.");
             }
-            labops_server::http::serve(lab.clone(), opts, shutdown_signal()).await.context("HTTP server")?;
+            // The same process drives every workflow run: approvals and completed steps made
+            // from any CLI are picked up within a second.
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let runs = match lab.store() {
+                Some(store) => {
+                    let engine = runs_cmd::engine(&cfg, store.clone()).await?;
+                    Some(tokio::spawn(async move { engine.serve(async { let _ = stop_rx.await; }).await }))
+                }
+                None => None,
+            };
+            let served = labops_server::http::serve(lab.clone(), opts, shutdown_signal()).await.context("HTTP server");
+            let _ = stop_tx.send(());
+            if let Some(r) = runs {
+                let _ = r.await;
+            }
+            served?;
             ExitCode::SUCCESS
         }
         cmd => {
@@ -247,12 +268,16 @@ fn validate(explicit: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn start_lab(cfg: &config::Config, data_dir: Option<PathBuf>) -> anyhow::Result<Lab> {
+async fn open_store(cfg: &config::Config, data_dir: Option<PathBuf>) -> anyhow::Result<labops_store::Store> {
     let dir = data_dir
         .or_else(|| cfg.state.data_dir.clone())
         .or_else(|| dirs::data_dir().map(|d| d.join("labops")))
         .context("no data directory; pass --data-dir")?;
-    let store = labops_store::Store::open(&dir.join("labops.db")).await?;
+    Ok(labops_store::Store::open(&dir.join("labops.db")).await?)
+}
+
+async fn start_lab(cfg: &config::Config, data_dir: Option<PathBuf>) -> anyhow::Result<Lab> {
+    let store = open_store(cfg, data_dir).await?;
     let mut sources = Vec::new();
     if let Some(p) = &cfg.proxmox {
         if p.insecure {

@@ -1,5 +1,6 @@
-//! `labops workflow validate|plan`: check workflow files and show their plans. These commands
-//! read only the files named; they need no config and no lab.
+//! `labops workflow ...`: `validate`, `plan` and `export-kro` read only the files named and need
+//! no config and no lab; the run commands (`run`, `runs`, `status`, `approve`, `complete-step`,
+//! `cancel`, `resume`) work on runs in the state database, see `runs_cmd`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,6 +31,148 @@ pub enum WorkflowCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Emit a kro ResourceGraphDefinition for a graph made only of Kubernetes resources, for
+    /// FluxCD to apply.
+    ExportKro {
+        /// The workflow.
+        file: PathBuf,
+        /// A parameter value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A YAML file of parameter values.
+        #[arg(long, value_name = "FILE")]
+        values: Option<PathBuf>,
+    },
+    /// Start a run of a workflow. A run that changes the lab waits for `approve`; the others
+    /// start at once. Without --follow, drives it until it ends or waits for a human.
+    Run {
+        /// The workflow.
+        file: PathBuf,
+        /// A parameter value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A YAML file of parameter values.
+        #[arg(long, value_name = "FILE")]
+        values: Option<PathBuf>,
+        /// Stay: drive the run whenever it can move and show a progress bar per step until it ends.
+        #[arg(long)]
+        follow: bool,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Who starts it (default: $USER).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+    },
+    /// List runs in flight (all runs with --all).
+    Runs {
+        /// Include ended runs.
+        #[arg(long)]
+        all: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run: its steps, what it waits for, what it holds, its report.
+    Status {
+        /// The run (`17` or `run-17`).
+        run: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        /// Keep showing its progress until it ends (and drive it when nobody does).
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Approve a run that changes the lab (a human act: there is no MCP tool for it), or with
+    /// --step give the go-ahead to a step that waits for one (an irreversible command). Then
+    /// drives the run.
+    Approve {
+        /// The run.
+        run: String,
+        /// Confirm this step instead of approving the run.
+        #[arg(long)]
+        step: Option<String>,
+        /// The approver (default: $USER).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+    },
+    /// Mark a step that waits for a human done (with --data) or failed (with --failed). Then
+    /// drives the run.
+    CompleteStep {
+        /// The run.
+        run: String,
+        /// The step.
+        step: String,
+        /// What the human reports, as JSON (or @FILE).
+        #[arg(long, conflicts_with = "failed")]
+        data: Option<String>,
+        /// The step failed: why. The run rolls back.
+        #[arg(long)]
+        failed: Option<String>,
+        /// Who (default: $USER).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+    },
+    /// Stop a run and undo what it did; then drives the rollback.
+    Cancel {
+        /// The run.
+        run: String,
+        /// Who (default: $USER).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+    },
+    /// Drive runs in flight that no live process drives (all of them, or one), e.g. after a crash.
+    Resume {
+        /// Only this run.
+        run: Option<String>,
+    },
+}
+
+impl WorkflowCommand {
+    /// Whether the command works on runs (needs the config and the state database).
+    pub fn needs_state(&self) -> bool {
+        !matches!(self, Self::Validate { .. } | Self::Plan { .. } | Self::ExportKro { .. })
+    }
+}
+
+/// Reads, checks and plans a workflow file; prints the problems and gives `None` when there are
+/// any.
+pub fn plan_file(file: &Path, set: &[String], values: Option<&Path>) -> anyhow::Result<Option<(workflow::Workflow, Plan)>> {
+    let text = read(file)?;
+    let (w, report) = workflow::check(&text);
+    let Some(w) = w.filter(|_| report.is_valid()) else {
+        print_all(file, &report.errors, &report.warnings);
+        println!("{}: {} error(s); fix them first", file.display(), report.errors.len());
+        return Ok(None);
+    };
+    for d in &report.warnings {
+        eprintln!("{}:{}: warning: {}", file.display(), d.pos, d.message);
+    }
+    let mut given = Bindings::new();
+    if let Some(v) = values {
+        match workflow::parse_values(&read(v)?) {
+            Ok(b) => given.extend(b),
+            Err(d) => {
+                println!("{}:{d}", v.display());
+                return Ok(None);
+            }
+        }
+    }
+    for kv in set {
+        let Some((k, v)) = kv.split_once('=') else {
+            anyhow::bail!("--set {kv:?} is not KEY=VALUE");
+        };
+        given.insert(k.trim().to_string(), serde_json::Value::String(v.to_string()));
+    }
+    match workflow::plan(&w, &given) {
+        Ok(plan) => Ok(Some((w, plan))),
+        Err(PlanError::Parameters(errors)) => {
+            print_all(file, &errors, &[]);
+            Ok(None)
+        }
+        Err(e) => anyhow::bail!("{}: {e}", file.display()),
+    }
 }
 
 /// Runs a `workflow` subcommand.
@@ -48,46 +191,28 @@ pub fn run(cmd: &WorkflowCommand) -> anyhow::Result<ExitCode> {
             }
         }
         WorkflowCommand::Plan { file, set, values, json } => {
-            let text = read(file)?;
-            let (w, report) = workflow::check(&text);
-            let Some(w) = w.filter(|_| report.is_valid()) else {
-                print_all(file, &report.errors, &report.warnings);
-                println!("{}: {} error(s); fix them to get a plan", file.display(), report.errors.len());
-                return Ok(ExitCode::from(1));
-            };
-            let mut given = Bindings::new();
-            if let Some(v) = values {
-                match workflow::parse_values(&read(v)?) {
-                    Ok(b) => given.extend(b),
-                    Err(d) => {
-                        println!("{}:{d}", v.display());
-                        return Ok(ExitCode::from(1));
-                    }
-                }
-            }
-            for kv in set {
-                let Some((k, v)) = kv.split_once('=') else {
-                    anyhow::bail!("--set {kv:?} is not KEY=VALUE");
-                };
-                given.insert(k.trim().to_string(), serde_json::Value::String(v.to_string()));
-            }
-            match workflow::plan(&w, &given) {
-                Ok(plan) if *json => println!("{}", serde_json::to_string_pretty(&plan)?),
-                Ok(plan) => {
-                    // Warnings go to stderr so that stdout is the plan alone.
-                    for d in &report.warnings {
-                        eprintln!("{}:{}: warning: {}", file.display(), d.pos, d.message);
-                    }
-                    print!("{}", render(&plan));
-                }
-                Err(PlanError::Parameters(errors)) => {
-                    print_all(file, &errors, &[]);
-                    return Ok(ExitCode::from(1));
-                }
-                Err(e) => anyhow::bail!("{}: {e}", file.display()),
+            let Some((_, plan)) = plan_file(file, set, values.as_deref())? else { return Ok(ExitCode::from(1)) };
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", render(&plan));
             }
             Ok(ExitCode::SUCCESS)
         }
+        WorkflowCommand::ExportKro { file, set, values } => {
+            let Some((w, plan)) = plan_file(file, set, values.as_deref())? else { return Ok(ExitCode::from(1)) };
+            match workflow::kro::export(&w, &plan) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", file.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        _ => unreachable!("run commands go to run_state"),
     }
 }
 

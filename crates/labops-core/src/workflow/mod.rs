@@ -22,6 +22,7 @@
 
 pub mod expr;
 mod graph;
+pub mod kro;
 pub mod params;
 mod parse;
 pub mod types;

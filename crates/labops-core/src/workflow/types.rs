@@ -85,6 +85,8 @@ const fn f(name: &'static str, kind: FieldKind) -> Field {
 const AI: Availability = Availability::Later("needs the AI engine (#5)");
 const CHANGE: Availability = Availability::Later("needs the change workflow with GitHub (#4)");
 const NET: Availability = Availability::Later("needs the OPNsense and Traefik integrations (no issue yet)");
+const KRO: Availability =
+    Availability::Later("runs in the cluster under kro: `labops workflow export-kro` writes the RGD for FluxCD to apply");
 const MON: Availability = Availability::Later("needs the Grafana and Uptime Kuma integrations (no issue yet)");
 
 /// Every known step type, sorted by name.
@@ -207,6 +209,7 @@ pub const STEP_TYPES: &[StepType] = &[
             f("manifests", FieldKind::Any),
             f("namespace", FieldKind::Scalar),
             f("wait_for_rollout", FieldKind::Scalar),
+            f("rollout_timeout", FieldKind::Scalar),
         ],
         mutates: true,
         waits_for_human: false,
@@ -219,7 +222,7 @@ pub const STEP_TYPES: &[StepType] = &[
         fields: &[f("externalRef", FieldKind::Mapping)],
         mutates: false,
         waits_for_human: false,
-        availability: Availability::Now,
+        availability: KRO,
     },
     StepType {
         name: "kubernetes-resource",
@@ -228,7 +231,7 @@ pub const STEP_TYPES: &[StepType] = &[
         fields: &[f("template", FieldKind::Mapping)],
         mutates: true,
         waits_for_human: false,
-        availability: Availability::Now,
+        availability: KRO,
     },
     StepType {
         name: "kubernetes-task",
@@ -239,8 +242,22 @@ pub const STEP_TYPES: &[StepType] = &[
             f("manifests", FieldKind::Any),
             f("namespace", FieldKind::Scalar),
             f("storage_class", FieldKind::Scalar),
+            f("capacity", FieldKind::Scalar),
+            f("max_volume_size", FieldKind::Scalar),
+            f("allow_pending", FieldKind::Scalar),
+            f("wait_for_rollout", FieldKind::Scalar),
+            f("rollout_timeout", FieldKind::Scalar),
         ],
         mutates: true,
+        waits_for_human: false,
+        availability: Availability::Now,
+    },
+    StepType {
+        name: "milestone",
+        description: "Marks a point in the graph (joins branches, names a phase); does nothing itself.",
+        required: &[],
+        fields: &[],
+        mutates: false,
         waits_for_human: false,
         availability: Availability::Now,
     },
@@ -268,12 +285,18 @@ pub const STEP_TYPES: &[StepType] = &[
         required: &[&["commands", "actions"]],
         fields: &[
             f("commands", FieldKind::List),
-            f("actions", FieldKind::List),
+            f("actions", FieldKind::Any),
             f("node", FieldKind::Scalar),
             f("vmid", FieldKind::Scalar),
             f("guest", FieldKind::Mapping),
             f("rollback", FieldKind::Any),
             f("irreversible", FieldKind::Any),
+            f("snapname", FieldKind::Scalar),
+            f("newid", FieldKind::Scalar),
+            f("disk", FieldKind::Scalar),
+            f("size", FieldKind::Scalar),
+            f("target", FieldKind::Scalar),
+            f("config", FieldKind::Mapping),
         ],
         mutates: true,
         waits_for_human: false,
@@ -321,11 +344,13 @@ pub struct KubernetesAction {
 pub const KUBERNETES_ACTIONS: &[KubernetesAction] = &[
     KubernetesAction {
         name: "migrate-pvc-if-needed",
-        description: "Moves PersistentVolumeClaims whose volume no longer fits to the grown storage class.",
+        description: "Reports the storage class's PersistentVolumeClaims that are Pending or larger than \
+                      `max_volume_size`, and fails listing them unless `allow_pending: true`; it moves no data.",
     },
     KubernetesAction {
         name: "update-storageclass-capacity",
-        description: "Updates the storage class and its provisioner to the pool's new capacity.",
+        description: "Turns on `allowVolumeExpansion` on the storage class and records the pool's new \
+                      `capacity` in its `labops.dev/capacity` annotation; parameters are immutable and stay as they are.",
     },
 ];
 

@@ -1,5 +1,6 @@
 //! Workflow runs: durable execution of planned workflows.
 //!
+//! - [`driver`]: the [`Engine`]: submit, drive, resume, human actions, rollback;
 //! - [`executor`]: the [`Executor`] trait every step type implements, and the [`Registry`];
 //! - [`basic`]: `external-task` (waits for a human) and `milestone` (joins branches);
 //! - [`proxmox`]: `proxmox-task` API actions, waiting on task UPIDs;
@@ -10,10 +11,12 @@
 
 pub mod basic;
 pub mod commands;
+pub mod driver;
 pub mod executor;
 pub mod git;
 pub mod kube;
 pub mod proxmox;
 pub mod system;
 
+pub use driver::{CrashPoint, Driven, Engine, RunError, RunStatus};
 pub use executor::{Compensation, Executor, Registry, RetryPolicy, RunStep, Started, StepCx, StepError, Verified};

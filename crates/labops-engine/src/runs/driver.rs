@@ -1,0 +1,762 @@
+//! The run driver: takes a run from the store and moves it forward until it ends or waits for a
+//! human, writing every state change to the store before the action it leads to.
+//!
+//! A run is driven by one process at a time (a lease in the store: owner and heartbeat; a dead
+//! owner's PID or a stale heartbeat frees it). Whoever acts carries the run: `labops workflow
+//! run` drives it until it waits, `complete-step`, `approve` and `resume` pick it up again, and
+//! `labops serve` drives every run continuously. Progress is read from the store's event stream,
+//! so any process can follow any run.
+//!
+//! Per step: `prepare` (read-only) -> store `running` with the intent -> `execute` -> store
+//! `succeeded`/`waiting_human`/`failed`. After a crash, a step found `running` is verified with
+//! its target: done (recorded), not done (run again), or unknown (waits for a human). A failed
+//! step (after its retries) or a cancel stops the run; completed steps are compensated in
+//! reverse completion order and the run ends `rolled_back` or `cancelled` with a report.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use labops_core::workflow::{Availability, Plan};
+use labops_store::Store;
+use labops_store::runs::{NewEvent, RunRecord, StepRecord, TERMINAL};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::executor::{Compensation, Executor, Registry, RunStep, Started, StepCx, StepError, Verified};
+use crate::lab::now_ms;
+
+/// Why a run could not be submitted, found, or acted on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// No run has this id.
+    #[error("there is no run {0}; `labops workflow runs` lists them")]
+    NotFound(i64),
+    /// The workflow cannot run as planned; every reason, one per line.
+    #[error("the workflow cannot run:\n  - {}", .0.join("\n  - "))]
+    NotRunnable(Vec<String>),
+    /// A human action that does not fit the run's state.
+    #[error("{0}")]
+    Refused(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] labops_store::Error),
+}
+
+/// Result with [`RunError`].
+pub type Result<T, E = RunError> = std::result::Result<T, E>;
+
+/// Where a call to [`Engine::drive`] left the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Driven {
+    /// It ended in this state.
+    Finished {
+        /// `succeeded`, `rolled_back`, `cancelled` or `failed`.
+        outcome: String,
+    },
+    /// It waits: for what, one line each.
+    Waiting {
+        /// What it waits for.
+        reasons: Vec<String>,
+    },
+    /// Another live process drives it.
+    Busy {
+        /// That process.
+        owner: String,
+    },
+}
+
+/// A test hook: SIGKILL this process when it reaches `point` for `step`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashPoint {
+    /// `before_execute`, `after_execute`, `after_record`, `before_compensate`, `after_compensate`.
+    pub point: String,
+    /// The step.
+    pub step: String,
+}
+
+impl CrashPoint {
+    /// The points a run passes for each step.
+    pub const POINTS: &[&str] = &["before_execute", "after_execute", "after_record", "before_compensate", "after_compensate"];
+
+    /// Parses `POINT@STEP`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (point, step) = s.split_once('@')?;
+        Self::POINTS.contains(&point).then(|| Self { point: point.into(), step: step.into() })
+    }
+}
+
+/// A run with its steps and locks, for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunStatus {
+    /// The run.
+    pub run: RunRecord,
+    /// Its steps in plan order.
+    pub steps: Vec<StepRecord>,
+    /// The entities it holds.
+    pub locks: Vec<String>,
+}
+
+/// The workflow engine: submits and drives runs.
+#[derive(Clone)]
+pub struct Engine {
+    store: Store,
+    registry: Arc<Registry>,
+    owner: String,
+    steps_at_once: Arc<Semaphore>,
+    per_run: usize,
+    crash: Option<CrashPoint>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("owner", &self.owner).field("registry", &self.registry).finish()
+    }
+}
+
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const STALE_MS: i64 = 5_000;
+
+/// Whether the driver `owner` (`pid:PID:NONCE`) is gone: its process is dead, or it stopped
+/// beating. Same machine only (SQLite); a shared database would use a cluster lease instead.
+fn owner_gone(owner: &str, heartbeat_ms: i64) -> bool {
+    let stale = now_ms() - heartbeat_ms > STALE_MS;
+    let dead = owner
+        .strip_prefix("pid:")
+        .and_then(|rest| rest.split(':').next())
+        .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    stale || dead
+}
+
+/// The steps of a stored plan, in plan order.
+pub fn plan_steps(plan: &Value) -> Vec<RunStep> {
+    plan["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|stage| stage["steps"].as_array().into_iter().flatten())
+        .filter_map(|s| serde_json::from_value(s.clone()).ok())
+        .collect()
+}
+
+impl Engine {
+    /// An engine over `store` with these executors. `steps_at_once` bounds the steps running at
+    /// once across all runs of this process; `per_run` bounds the parallel branches of one run.
+    pub fn new(store: Store, registry: Registry, steps_at_once: usize, per_run: usize) -> Self {
+        let nonce = now_ms() % 1_000_000;
+        Self {
+            store,
+            registry: Arc::new(registry),
+            owner: format!("pid:{}:{nonce}", std::process::id()),
+            steps_at_once: Arc::new(Semaphore::new(steps_at_once.max(1))),
+            per_run: per_run.max(1),
+            crash: None,
+        }
+    }
+
+    /// Arms the crash test hook.
+    pub fn with_crash_point(mut self, crash: Option<CrashPoint>) -> Self {
+        self.crash = crash;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Checks that every step of `plan` can run here and stores a new run; returns its id.
+    /// A run with mutating steps waits for approval; the others start at once when driven.
+    pub async fn submit(&self, plan: &Plan, by: &str) -> Result<i64> {
+        let plan_json = serde_json::to_value(plan).map_err(|e| RunError::Refused(format!("plan does not serialize: {e}")))?;
+        let steps = plan_steps(&plan_json);
+        let mut problems = Vec::new();
+        for s in plan.stages.iter().flat_map(|st| &st.steps) {
+            if let Availability::Later(needs) = s.availability {
+                problems.push(format!("step `{}` ({}) is not available yet: {needs}", s.name, s.step_type));
+            } else if !s.include_when.is_empty() || !s.for_each.is_empty() {
+                problems.push(format!("step `{}` uses includeWhen/forEach, which only kro evaluates", s.name));
+            }
+        }
+        for s in &steps {
+            if problems.iter().any(|p| p.starts_with(&format!("step `{}` ", s.name))) {
+                continue;
+            }
+            match self.registry.get(&s.step_type) {
+                None => problems.push(format!(
+                    "step `{}` ({}) has no executor here: configure its integration in labops.toml ({})",
+                    s.name,
+                    s.step_type,
+                    integration_hint(&s.step_type)
+                )),
+                Some(e) => problems.extend(e.check(s).into_iter().map(|p| format!("step `{}`: {p}", s.name))),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(RunError::NotRunnable(problems));
+        }
+        let needs_approval = steps.iter().any(|s| s.mutates);
+        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+        Ok(self.store.create_run(&plan.workflow, &plan_json, needs_approval, by, &names, now_ms()).await?)
+    }
+
+    /// A run with its steps and locks.
+    pub async fn status(&self, id: i64) -> Result<RunStatus> {
+        let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
+        Ok(RunStatus { steps: self.store.run_steps(id).await?, locks: self.store.run_locks(id).await?, run })
+    }
+
+    /// A human approves a run awaiting approval.
+    pub async fn approve(&self, id: i64, approver: &str) -> Result<()> {
+        if approver.trim().is_empty() {
+            return Err(RunError::Refused("an approval needs the approver's name (--as NAME)".into()));
+        }
+        if self.store.approve_run(id, approver, now_ms()).await? {
+            return Ok(());
+        }
+        let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
+        Err(RunError::Refused(format!("run {id} is not awaiting approval (it is {})", run.state)))
+    }
+
+    /// A human confirms a step that waits for a go-ahead (an irreversible command).
+    pub async fn confirm_step(&self, id: i64, step: &str, actor: &str) -> Result<()> {
+        let ev = NewEvent::step(step, "step_confirmed", json!({"by": actor}));
+        if self.store.human_step(id, step, &["awaiting_confirmation"], "confirmed", None, None, now_ms(), &ev).await? {
+            return Ok(());
+        }
+        Err(self.step_refusal(id, step, "awaiting confirmation").await)
+    }
+
+    /// A human marks a waiting step done (with data) or failed (with a reason).
+    pub async fn complete_step(&self, id: i64, step: &str, result: std::result::Result<Value, String>, actor: &str) -> Result<()> {
+        let now = now_ms();
+        let from = ["waiting_human"];
+        let written = match &result {
+            Ok(data) => {
+                let ev = NewEvent::step(step, "step_succeeded", json!({"by": actor, "data": data}));
+                self.store.human_step(id, step, &from, "succeeded", Some(&json!({"by": actor, "data": data})), None, now, &ev).await?
+            }
+            Err(reason) => {
+                let ev = NewEvent::step(step, "step_failed", json!({"by": actor, "error": reason}));
+                self.store.human_step(id, step, &from, "failed", None, Some(reason), now, &ev).await?
+            }
+        };
+        if written { Ok(()) } else { Err(self.step_refusal(id, step, "waiting for a human").await) }
+    }
+
+    async fn step_refusal(&self, id: i64, step: &str, wanted: &str) -> RunError {
+        let steps = match self.store.run_steps(id).await {
+            Ok(s) if !s.is_empty() => s,
+            Ok(_) => return RunError::NotFound(id),
+            Err(e) => return e.into(),
+        };
+        match steps.iter().find(|s| s.name == step) {
+            Some(s) => RunError::Refused(format!("step `{step}` of run {id} is not {wanted} (it is {})", s.state)),
+            None => {
+                let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+                RunError::Refused(format!("run {id} has no step `{step}`; its steps: {}", names.join(", ")))
+            }
+        }
+    }
+
+    /// Asks a run to stop and undo what it did.
+    pub async fn cancel(&self, id: i64, actor: &str) -> Result<()> {
+        if self.store.request_cancel(id, actor, now_ms()).await? {
+            return Ok(());
+        }
+        let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
+        Err(RunError::Refused(format!("run {id} has already ended ({}) or is being cancelled", run.state)))
+    }
+
+    /// Drives one run until it ends or waits, unless another live process drives it.
+    pub async fn drive(&self, id: i64) -> Result<Driven> {
+        let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
+        if TERMINAL.contains(&run.state.as_str()) {
+            return Ok(Driven::Finished { outcome: run.state });
+        }
+        if !self.store.claim_run(id, &self.owner, now_ms(), owner_gone).await? {
+            let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
+            return Ok(match run.owner {
+                Some(owner) => Driven::Busy { owner },
+                None => Driven::Finished { outcome: run.state },
+            });
+        }
+        let beat = {
+            let (store, owner) = (self.store.clone(), self.owner.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    let _ = store.heartbeat(&owner, now_ms()).await;
+                }
+            }))
+        };
+        let result = RunDriver::new(self, id).run().await;
+        drop(beat);
+        if !matches!(result, Ok(Driven::Finished { .. })) {
+            self.store.release_run(id, &self.owner).await?;
+        }
+        result
+    }
+
+    /// Drives every run that has not ended and that no live process drives, all at once.
+    pub async fn resume_all(&self) -> Result<Vec<(i64, Driven)>> {
+        let runs = self.store.runs(true, u32::MAX).await?;
+        let mut set = JoinSet::new();
+        for r in runs {
+            let e = self.clone();
+            set.spawn(async move { (r.id, e.drive(r.id).await) });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            let (id, result) = joined.expect("drive tasks do not panic");
+            out.push((id, result?));
+        }
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    /// Drives runs until `shutdown` resolves: every run not ended is picked up again whenever it
+    /// changes (an approval, a completed step, a cancel) and every few seconds when it waits for
+    /// a lock. What `labops serve` runs.
+    pub async fn serve(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut seen: HashMap<i64, (i64, Instant)> = HashMap::new();
+        let mut driving: JoinSet<(i64, i64)> = JoinSet::new();
+        let mut active: HashSet<i64> = HashSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(Ok((id, updated))) = driving.join_next(), if !driving.is_empty() => {
+                    active.remove(&id);
+                    seen.insert(id, (updated, Instant::now()));
+                }
+                _ = tick.tick() => {
+                    let Ok(runs) = self.store.runs(true, u32::MAX).await else { continue };
+                    for r in runs {
+                        let due = match seen.get(&r.id) {
+                            None => true,
+                            Some((updated, at)) => *updated != r.updated_ms || at.elapsed() > Duration::from_secs(5),
+                        };
+                        if due && !active.contains(&r.id) {
+                            active.insert(r.id);
+                            let e = self.clone();
+                            driving.spawn(async move {
+                                if let Err(err) = e.drive(r.id).await {
+                                    tracing::warn!(run = r.id, "driving run: {err}");
+                                }
+                                let updated = e.store.run(r.id).await.ok().flatten().map(|r| r.updated_ms).unwrap_or(0);
+                                (r.id, updated)
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn crash_point(&self, point: &str, step: &str) {
+        if let Some(c) = &self.crash {
+            if c.point == point && c.step == step {
+                tracing::warn!("test hook: killing this process at {point}@{step}");
+                let _ = std::process::Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+fn integration_hint(step_type: &str) -> &'static str {
+    match step_type {
+        "proxmox-task" => "[proxmox], and [ssh] for `commands`",
+        "system-check" => "[ssh] for remote hosts",
+        "git-commit" => "[git] repository",
+        "kubernetes-task" | "kubernetes-deployment" => "[kubernetes]",
+        _ => "see `labops init`",
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One run being driven.
+struct RunDriver<'a> {
+    engine: &'a Engine,
+    id: i64,
+    steps: BTreeMap<String, RunStep>,
+    progress: mpsc::UnboundedSender<(String, Value)>,
+    _progress_writer: AbortOnDrop,
+    done_seq: Arc<AtomicI64>,
+}
+
+impl<'a> RunDriver<'a> {
+    fn new(engine: &'a Engine, id: i64) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, Value)>();
+        let store = engine.store.clone();
+        let writer = tokio::spawn(async move {
+            while let Some((step, detail)) = rx.recv().await {
+                let _ = store.add_event(id, now_ms(), &NewEvent::step(&step, "step_progress", detail)).await;
+            }
+        });
+        Self {
+            engine,
+            id,
+            steps: BTreeMap::new(),
+            progress: tx,
+            _progress_writer: AbortOnDrop(writer),
+            done_seq: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    fn executor(&self, step: &RunStep) -> std::result::Result<Arc<dyn Executor>, String> {
+        self.engine
+            .registry
+            .get(&step.step_type)
+            .cloned()
+            .ok_or_else(|| format!("no executor for {} here; configure its integration ({})", step.step_type, integration_hint(&step.step_type)))
+    }
+
+    fn cx(&self, step: &RunStep, attempt: i64) -> StepCx {
+        StepCx::new(self.id, step.clone(), attempt, self.progress.clone())
+    }
+
+    async fn save(&self, rec: &StepRecord, event: NewEvent) -> Result<()> {
+        self.engine.store.save_step(self.id, rec, now_ms(), &event).await?;
+        Ok(())
+    }
+
+    async fn run(mut self) -> Result<Driven> {
+        let store = self.engine.store.clone();
+        let run = store.run(self.id).await?.ok_or(RunError::NotFound(self.id))?;
+        self.steps = plan_steps(&run.plan).into_iter().map(|s| (s.name.clone(), s)).collect();
+        let recs = store.run_steps(self.id).await?;
+        self.done_seq.store(recs.iter().filter_map(|r| r.done_seq).max().unwrap_or(0), Ordering::SeqCst);
+        self.recover(&recs).await?;
+        let mut locked = false;
+        let mut inflight: JoinSet<(String, Result<()>)> = JoinSet::new();
+        let mut running: HashSet<String> = HashSet::new();
+        loop {
+            let run = store.run(self.id).await?.ok_or(RunError::NotFound(self.id))?;
+            let recs = store.run_steps(self.id).await?;
+            if TERMINAL.contains(&run.state.as_str()) {
+                return Ok(Driven::Finished { outcome: run.state });
+            }
+            if run.state == "awaiting_approval" {
+                return Ok(Driven::Waiting {
+                    reasons: vec![format!("approval: it changes the lab; a human approves it with `labops workflow approve {}`", self.id)],
+                });
+            }
+            let failed = recs.iter().find(|r| r.state == "failed");
+            if run.cancel_requested.is_some() || failed.is_some() || run.state == "rolling_back" {
+                while let Some(j) = inflight.join_next().await {
+                    j.expect("step tasks do not panic").1?;
+                }
+                return self.rollback(&run).await;
+            }
+            if !locked {
+                let mut targets: Vec<String> = Vec::new();
+                for s in self.steps.values() {
+                    if let Ok(e) = self.executor(s) {
+                        targets.extend(e.targets(s));
+                    }
+                }
+                targets.sort();
+                targets.dedup();
+                if let Err(held) = store.lock_entities(self.id, &targets, now_ms()).await? {
+                    let reasons = held.iter().map(|(e, r)| format!("lock: {e} is held by run {r}")).collect();
+                    return Ok(Driven::Waiting { reasons });
+                }
+                locked = true;
+            }
+            let state_of: HashMap<&str, &str> = recs.iter().map(|r| (r.name.as_str(), r.state.as_str())).collect();
+            let ready: Vec<&StepRecord> = recs
+                .iter()
+                .filter(|r| matches!(r.state.as_str(), "pending" | "confirmed") && !running.contains(&r.name))
+                .filter(|r| {
+                    self.steps.get(&r.name).is_some_and(|s| {
+                        s.depends_on.iter().all(|d| matches!(state_of.get(d.as_str()), Some(&"succeeded") | Some(&"skipped")))
+                    })
+                })
+                .collect();
+            for rec in ready {
+                if running.len() >= self.engine.per_run {
+                    break;
+                }
+                let Some(step) = self.steps.get(&rec.name).cloned() else { continue };
+                running.insert(rec.name.clone());
+                let task = StepTask {
+                    engine: self.engine.clone(),
+                    id: self.id,
+                    step,
+                    rec: rec.clone(),
+                    progress: self.progress.clone(),
+                    done_seq: self.done_seq.clone(),
+                };
+                let name = rec.name.clone();
+                inflight.spawn(async move { (name, task.run().await) });
+            }
+            if inflight.is_empty() {
+                if recs.iter().all(|r| matches!(r.state.as_str(), "succeeded" | "skipped")) {
+                    let report = json!({"steps": recs.len(), "duration_ms": now_ms() - run.created_ms});
+                    let ev = NewEvent::run("finished", json!({"outcome": "succeeded"}));
+                    store.set_run_state(self.id, "succeeded", Some(&report), now_ms(), &ev).await?;
+                    return Ok(Driven::Finished { outcome: "succeeded".into() });
+                }
+                let reasons = recs
+                    .iter()
+                    .filter_map(|r| match r.state.as_str() {
+                        "waiting_human" => Some(format!(
+                            "step `{}`: {} (then `labops workflow complete-step {} {}`)",
+                            r.name,
+                            r.error.as_deref().unwrap_or("a human's action"),
+                            self.id,
+                            r.name
+                        )),
+                        "awaiting_confirmation" => Some(format!(
+                            "step `{}`: {} (go ahead with `labops workflow approve {} --step {}`)",
+                            r.name,
+                            r.error.as_deref().unwrap_or("confirmation"),
+                            self.id,
+                            r.name
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                return Ok(Driven::Waiting { reasons });
+            }
+            // Wait for a step to end; look at the run again now and then for a cancel.
+            tokio::select! {
+                Some(joined) = inflight.join_next() => {
+                    let (name, result) = joined.expect("step tasks do not panic");
+                    running.remove(&name);
+                    result?;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// After a restart: steps left `running` are verified with their target.
+    async fn recover(&self, recs: &[StepRecord]) -> Result<()> {
+        for rec in recs.iter().filter(|r| r.state == "running") {
+            let Some(step) = self.steps.get(&rec.name) else { continue };
+            let mut rec = rec.clone();
+            let intent = rec.intent.clone().unwrap_or(Value::Null);
+            let verified = match self.executor(step) {
+                Ok(e) => e.verify(&self.cx(step, rec.attempt), &intent).await,
+                Err(why) => Verified::Unknown(why),
+            };
+            match verified {
+                Verified::Done(outcome) => {
+                    rec.state = "succeeded".into();
+                    rec.outcome = Some(outcome);
+                    rec.done_seq = Some(self.done_seq.fetch_add(1, Ordering::SeqCst) + 1);
+                    rec.finished_ms = Some(now_ms());
+                    self.save(&rec, NewEvent::step(&rec.name, "step_succeeded", json!({"verified_after_restart": true}))).await?;
+                }
+                Verified::NotDone => {
+                    rec.state = "pending".into();
+                    self.save(&rec, NewEvent::step(&rec.name, "step_recovered", json!({"redo": true}))).await?;
+                }
+                Verified::Unknown(why) => {
+                    rec.state = "waiting_human".into();
+                    rec.error = Some(format!("interrupted and cannot be checked automatically: {why}"));
+                    let ev = NewEvent::step(&rec.name, "step_waiting", json!({"reason": rec.error, "uncheckable": true}));
+                    self.save(&rec, ev).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes completed steps in reverse completion order; the run ends `rolled_back` (or
+    /// `cancelled`) with a report.
+    async fn rollback(&self, run: &RunRecord) -> Result<Driven> {
+        let store = &self.engine.store;
+        let recs = store.run_steps(self.id).await?;
+        let failed = recs.iter().find(|r| r.state == "failed").map(|r| r.name.clone());
+        let failed_error = recs.iter().find(|r| r.state == "failed").and_then(|r| r.error.clone());
+        let reason = match (&run.cancel_requested, &failed) {
+            (Some(by), _) => format!("cancelled by {by}"),
+            (None, Some(f)) => format!("step `{f}` failed: {}", failed_error.as_deref().unwrap_or("no reason given")),
+            (None, None) => "rollback resumed after a restart".into(),
+        };
+        if run.state != "rolling_back" {
+            store.set_run_state(self.id, "rolling_back", None, now_ms(), &NewEvent::run("rollback_started", json!({"reason": reason}))).await?;
+        }
+        for rec in recs.iter().filter(|r| matches!(r.state.as_str(), "pending" | "confirmed" | "waiting_human" | "awaiting_confirmation")) {
+            let mut r = rec.clone();
+            r.state = "cancelled".into();
+            self.save(&r, NewEvent::step(&r.name, "step_cancelled", json!({"reason": "the run is rolling back"}))).await?;
+        }
+        let mut done: Vec<StepRecord> = recs.into_iter().filter(|r| matches!(r.state.as_str(), "succeeded" | "compensating")).collect();
+        done.sort_by_key(|r| std::cmp::Reverse(r.done_seq.unwrap_or(0)));
+        for mut rec in done {
+            let Some(step) = self.steps.get(&rec.name).cloned() else { continue };
+            let exec = match self.executor(&step) {
+                Ok(e) => e,
+                Err(why) => {
+                    rec.state = "compensation_failed".into();
+                    self.save(&rec, NewEvent::step(&rec.name, "step_compensation_failed", json!({"why": why}))).await?;
+                    continue;
+                }
+            };
+            if rec.state != "compensating" {
+                rec.state = "compensating".into();
+                self.save(&rec, NewEvent::step(&rec.name, "compensation_started", Value::Null)).await?;
+            }
+            self.engine.crash_point("before_compensate", &rec.name);
+            let cx = self.cx(&step, rec.attempt);
+            let intent = rec.intent.clone().unwrap_or(Value::Null);
+            let outcome = rec.outcome.clone().unwrap_or(Value::Null);
+            let policy = exec.retry();
+            let mut attempt = 0;
+            let result = loop {
+                attempt += 1;
+                match exec.compensate(&cx, &intent, &outcome).await {
+                    Err(e) if e.retryable && attempt < policy.attempts => tokio::time::sleep(policy.backoff(attempt)).await,
+                    other => break other,
+                }
+            };
+            let (state, event) = match result {
+                Ok(Compensation::Undone(what)) => ("compensated", NewEvent::step(&rec.name, "step_compensated", json!({"what": what}))),
+                Ok(Compensation::NothingToUndo) => ("compensated", NewEvent::step(&rec.name, "step_compensated", json!({"what": null}))),
+                Ok(Compensation::CannotUndo(why)) => {
+                    ("compensation_failed", NewEvent::step(&rec.name, "step_compensation_failed", json!({"why": why})))
+                }
+                Err(e) => ("compensation_failed", NewEvent::step(&rec.name, "step_compensation_failed", json!({"why": e.message}))),
+            };
+            rec.state = state.into();
+            self.save(&rec, event).await?;
+            self.engine.crash_point("after_compensate", &rec.name);
+        }
+        let report = self.report(&reason, failed.as_deref()).await?;
+        let final_state = if run.cancel_requested.is_some() { "cancelled" } else { "rolled_back" };
+        let ev = NewEvent::run("finished", json!({"outcome": final_state, "reason": reason}));
+        store.set_run_state(self.id, final_state, Some(&report), now_ms(), &ev).await?;
+        Ok(Driven::Finished { outcome: final_state.into() })
+    }
+
+    /// What was undone and what could not be, from the run's events.
+    async fn report(&self, reason: &str, failed: Option<&str>) -> Result<Value> {
+        let events = self.engine.store.run_events(self.id, 0, u32::MAX).await?;
+        let mut undone = Vec::new();
+        let mut not_undone = Vec::new();
+        let mut nothing = Vec::new();
+        for e in &events {
+            let step = e.step.clone().unwrap_or_default();
+            match e.kind.as_str() {
+                "step_compensated" if e.detail["what"].is_null() => nothing.push(step),
+                "step_compensated" => undone.push(json!({"step": step, "what": e.detail["what"]})),
+                "step_compensation_failed" => not_undone.push(json!({"step": step, "why": e.detail["why"]})),
+                _ => {}
+            }
+        }
+        let not_run: Vec<String> = events.iter().filter(|e| e.kind == "step_cancelled").filter_map(|e| e.step.clone()).collect();
+        Ok(json!({
+            "reason": reason,
+            "failed_step": failed,
+            "undone": undone,
+            "not_undone": not_undone,
+            "nothing_to_undo": nothing,
+            "not_run": not_run,
+        }))
+    }
+}
+
+/// One step's attempts, as a task of its own.
+struct StepTask {
+    engine: Engine,
+    id: i64,
+    step: RunStep,
+    rec: StepRecord,
+    progress: mpsc::UnboundedSender<(String, Value)>,
+    done_seq: Arc<AtomicI64>,
+}
+
+impl StepTask {
+    async fn save(&self, rec: &StepRecord, event: NewEvent) -> Result<()> {
+        self.engine.store.save_step(self.id, rec, now_ms(), &event).await?;
+        Ok(())
+    }
+
+    async fn fail(&self, rec: &mut StepRecord, message: String) -> Result<()> {
+        rec.state = "failed".into();
+        rec.error = Some(message.clone());
+        rec.finished_ms = Some(now_ms());
+        self.save(rec, NewEvent::step(&rec.name, "step_failed", json!({"error": message, "attempt": rec.attempt}))).await
+    }
+
+    async fn run(self) -> Result<()> {
+        let _permit = self.engine.steps_at_once.acquire().await.expect("semaphore is never closed");
+        let mut rec = self.rec.clone();
+        let exec = match self.engine.registry.get(&self.step.step_type) {
+            Some(e) => e.clone(),
+            None => return self.fail(&mut rec, format!("no executor for {}", self.step.step_type)).await,
+        };
+        if rec.state == "pending" {
+            if let Some(question) = exec.confirm_before(&self.step) {
+                rec.state = "awaiting_confirmation".into();
+                rec.error = Some(question.clone());
+                return self.save(&rec, NewEvent::step(&rec.name, "step_awaiting_confirmation", json!({"question": question}))).await;
+            }
+        }
+        let policy = exec.retry();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            rec.attempt += 1;
+            let cx = StepCx::new(self.id, self.step.clone(), rec.attempt, self.progress.clone());
+            let result: std::result::Result<Started, StepError> = match exec.prepare(&cx).await {
+                Ok(intent) => {
+                    rec.state = "running".into();
+                    rec.idem_key = Some(cx.idem_key.clone());
+                    rec.intent = Some(intent.clone());
+                    rec.error = None;
+                    rec.started_ms = Some(now_ms());
+                    self.save(&rec, NewEvent::step(&rec.name, "step_started", json!({"attempt": rec.attempt}))).await?;
+                    self.engine.crash_point("before_execute", &rec.name);
+                    let r = exec.execute(&cx, &intent).await;
+                    self.engine.crash_point("after_execute", &rec.name);
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(Started::Done(outcome)) => {
+                    rec.state = "succeeded".into();
+                    rec.outcome = Some(outcome);
+                    rec.done_seq = Some(self.done_seq.fetch_add(1, Ordering::SeqCst) + 1);
+                    rec.finished_ms = Some(now_ms());
+                    self.save(&rec, NewEvent::step(&rec.name, "step_succeeded", json!({"attempt": rec.attempt}))).await?;
+                    self.engine.crash_point("after_record", &rec.name);
+                    return Ok(());
+                }
+                Ok(Started::WaitForHuman { instructions, detail }) => {
+                    rec.state = "waiting_human".into();
+                    rec.error = Some(instructions.clone());
+                    rec.outcome = Some(detail.clone());
+                    let ev = NewEvent::step(&rec.name, "step_waiting", json!({"instructions": instructions, "detail": detail}));
+                    return self.save(&rec, ev).await;
+                }
+                Err(e) if e.retryable && tries < policy.attempts => {
+                    let wait = policy.backoff(tries);
+                    let ev = NewEvent::step(&rec.name, "step_retry", json!({"attempt": rec.attempt, "error": e.message, "wait_ms": wait.as_millis() as u64}));
+                    self.engine.store.add_event(self.id, now_ms(), &ev).await?;
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return self.fail(&mut rec, e.message).await,
+            }
+        }
+    }
+}
