@@ -73,6 +73,11 @@ impl Executor for Rec {
         }
     }
     async fn compensate(&self, cx: &StepCx, _intent: &Value, outcome: &Value) -> Result<Compensation, StepError> {
+        if outcome.is_null() {
+            // The failed step: it did nothing here.
+            self.log.lock().unwrap().push(format!("check {}", cx.step.name));
+            return Ok(Compensation::NothingToUndo);
+        }
         assert_eq!(outcome["did"], cx.step.name);
         self.log.lock().unwrap().push(format!("undo {}", cx.step.name));
         Ok(Compensation::Undone(format!("undid {}", cx.step.name)))
@@ -129,7 +134,11 @@ async fn a_failure_after_retries_rolls_back_completed_steps_in_reverse() {
     let id = e.submit(&plan(&[pve("a", ""), pve("b", "a"), pve("c", "b"), pve("d", "c"), pve("e", "d")].concat()), "t").await.unwrap();
     e.approve(id, "ann").await.unwrap();
     assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "rolled_back".into() });
-    assert_eq!(rec.log(), ["do a", "do b", "do c", "do d", "do d", "undo c", "undo b", "undo a"], "one transient failure retried, then a fatal one");
+    assert_eq!(
+        rec.log(),
+        ["do a", "do b", "do c", "do d", "do d", "check d", "undo c", "undo b", "undo a"],
+        "one transient failure retried, then a fatal one; the failed step is compensated first"
+    );
     let st = e.status(id).await.unwrap();
     let report = st.run.report.unwrap();
     assert_eq!(report["failed_step"], "d");

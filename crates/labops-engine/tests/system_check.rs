@@ -113,7 +113,7 @@ async fn a_failing_criterion_is_fatal_names_it_and_shows_the_output() {
     let err = run(&check, step).await.expect_err("Linux is not Windows");
     assert!(!err.retryable, "failing criteria are not retried");
     assert!(err.message.contains("`output of uname -s contains Windows` is not met"), "{}", err.message);
-    assert!(err.message.contains("ended with exit 0; stdout:\nLinux"), "the output is shown: {}", err.message);
+    assert!(err.message.contains("`uname -s` on this machine (exit 0)\nstdout:\nLinux\nstderr: (empty)"), "the output is shown: {}", err.message);
     assert!(!err.message.contains("echo ok"), "passing commands are not blamed: {}", err.message);
 }
 
@@ -123,7 +123,7 @@ async fn without_criteria_every_command_must_exit_0() {
     let failing = step("system-check", json!({"validation_commands": ["test -e /proc/no-such-file", "true"]}));
     let err = run(&check, failing).await.expect_err("test fails");
     assert!(err.message.contains("`test -e /proc/no-such-file exits 0` is not met"), "{}", err.message);
-    assert!(err.message.contains("exit 1"), "{}", err.message);
+    assert!(err.message.contains("(exit 1)"), "{}", err.message);
 
     let passing = step("system-check", json!({"validation_commands": ["true", "uname"]}));
     let outcome = run(&check, passing).await.expect("both succeed");
@@ -177,7 +177,7 @@ async fn output_is_capped_and_slow_commands_are_killed() {
     let started = std::time::Instant::now();
     let err = run(&check, step("system-check", json!({"validation_commands": ["sleep 30"]}))).await.expect_err("killed");
     assert!(started.elapsed() < Duration::from_secs(10), "not waited for: {:?}", started.elapsed());
-    assert!(err.message.contains("`sleep 30` on this machine ended with timed out"), "{}", err.message);
+    assert!(err.message.contains("`sleep 30` on this machine (timed out after 0."), "{}", err.message);
 }
 
 #[tokio::test]
@@ -288,7 +288,8 @@ async fn a_failing_command_stops_the_step_and_undoes_what_ran() {
     let err = run(&commands, step).await.expect_err("the second mkdir fails");
     assert!(!err.retryable);
     let m = &err.message;
-    assert!(m.contains(&format!("`mkdir {d}` on this machine ended with exit 1")) && m.contains("File exists"), "{m}");
+    assert!(m.starts_with(&format!("Step `check` stopped: `mkdir {d}` failed on localhost (exit 1).")), "{m}");
+    assert!(m.contains(&format!("Output of `mkdir {d}`:\nstdout: (empty)\nstderr:\nmkdir:")) && m.contains("File exists"), "{m}");
     assert!(m.contains(&format!("Ran before it: `mkdir {d}`, `touch {d}/f`; undid them with `rm {d}/f`, `rmdir {d}`")), "{m}");
     assert!(m.contains(&format!("Not run: `touch {never}`")), "{m}");
     assert!(!Path::new(&d).exists(), "the commands that ran were undone");

@@ -1,7 +1,10 @@
 //! Proxmox VE REST API client and inventory source.
 //!
-//! Every request this client can send is listed in [`CALLS`]; [`Client::call`] only accepts an
-//! [`ApiCall`] from it, and a test checks each entry (path, method, parameters and their fixed
+//! Every request this client can send is listed in [`CALLS`]: the reads the inventory makes, and
+//! the guest actions of [`QEMU`] and [`LXC`] (create, clone, start, stop, snapshot, rollback,
+//! resize, migrate, config, destroy) with [`TASK_STATUS`] to follow the tasks they start.
+//! [`Client::call`] and [`Client::call_with`] only accept an [`ApiCall`] from the list, and only
+//! the parameters it declares; a test checks each entry (path, method, parameters and their fixed
 //! values) against the PVE API schema in `shared/reference/proxmox/pve-api-schema.json`.
 //!
 //! Authentication is an API token (`PVEAPIToken=USER@REALM!ID=SECRET`) or a ticket login with a

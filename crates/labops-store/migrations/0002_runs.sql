@@ -16,6 +16,8 @@ CREATE TABLE runs (
     created_by       TEXT NOT NULL,
     created_ms       INTEGER NOT NULL,
     updated_ms       INTEGER NOT NULL,
+    -- The seq of the run's last event.
+    last_seq         INTEGER NOT NULL DEFAULT 0,
     report_json      TEXT
 );
 CREATE INDEX runs_state ON runs (state);

@@ -59,6 +59,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Serialises this process's writes: SQLite has one writer at a time, and connections of
+    /// one pool competing for it would sleep in SQLite's busy handler instead of queueing.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A source snapshot as stored.
@@ -110,7 +113,7 @@ impl Store {
             .await
             .map_err(|source| Error::Open { path: path.display().to_string(), source })?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer: Default::default() })
     }
 
     /// An in-memory database, for tests.
@@ -118,7 +121,15 @@ impl Store {
         let opts = SqliteConnectOptions::from_str("sqlite::memory:")?;
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer: Default::default() })
+    }
+
+    /// A write transaction, holding this process's write turn. `BEGIN IMMEDIATE` takes SQLite's
+    /// write lock up front: a deferred transaction that reads and then writes can fail with
+    /// SQLITE_BUSY when another process wrote in between.
+    pub(crate) async fn write_tx(&self) -> Result<(tokio::sync::OwnedMutexGuard<()>, sqlx::Transaction<'static, sqlx::Sqlite>)> {
+        let turn = self.writer.clone().lock_owned().await;
+        Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
     /// The schema version (number of the last applied migration).
@@ -133,6 +144,7 @@ impl Store {
     pub async fn save_snapshot(&self, source: &str, endpoint: &str, taken_ms: i64, part: &Part) -> Result<()> {
         let json = serde_json::to_string(part)
             .map_err(|source_err| Error::Decode { what: source.to_string(), source: source_err })?;
+        let (_w, mut tx) = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO source_snapshots (source, endpoint, taken_ms, part_json) VALUES (?, ?, ?, ?)
              ON CONFLICT (source) DO UPDATE SET endpoint = excluded.endpoint,
@@ -142,8 +154,9 @@ impl Store {
         .bind(endpoint)
         .bind(taken_ms)
         .bind(json)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -170,7 +183,7 @@ impl Store {
 
     /// Appends records to the audit log in one transaction: all of them or none.
     pub async fn audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let (_w, mut tx) = self.write_tx().await?;
         for e in entries {
             sqlx::query(
                 "INSERT INTO audit_log (at_ms, actor, action, target, outcome, detail_json) VALUES (?, ?, ?, ?, ?, ?)",

@@ -42,6 +42,17 @@ pub struct RunRecord {
     pub report: Option<Value>,
 }
 
+/// The part of a run that changes while it runs: cheap to read on every turn of the driver.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunHead {
+    /// See [`RunRecord::state`].
+    pub state: String,
+    /// Who asked to cancel it.
+    pub cancel_requested: Option<String>,
+    /// When it was created.
+    pub created_ms: i64,
+}
+
 /// One step of a run as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRecord {
@@ -160,7 +171,8 @@ fn step_from(r: &SqliteRow) -> Result<StepRecord> {
 }
 
 async fn append(tx: &mut sqlx::SqliteConnection, run: i64, now: i64, e: &NewEvent) -> Result<i64> {
-    let seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?")
+    let seq: i64 = sqlx::query("UPDATE runs SET updated_ms = ?, last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
+        .bind(now)
         .bind(run)
         .fetch_one(&mut *tx)
         .await?
@@ -174,16 +186,10 @@ async fn append(tx: &mut sqlx::SqliteConnection, run: i64, now: i64, e: &NewEven
         .bind(json(&e.detail))
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE runs SET updated_ms = ? WHERE id = ?").bind(now).bind(run).execute(&mut *tx).await?;
     Ok(seq)
 }
 
 impl Store {
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        // Take the write lock up front: a deferred transaction that reads and then writes can
-        // fail with SQLITE_BUSY when another process wrote in between.
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
 
     /// Stores a new run with its steps (all `pending`) and its `created` event; returns its id.
     pub async fn create_run(
@@ -195,7 +201,7 @@ impl Store {
         steps: &[String],
         now: i64,
     ) -> Result<i64> {
-        let mut tx = self.write_tx().await?;
+        let (_w, mut tx) = self.write_tx().await?;
         let state = if needs_approval { "awaiting_approval" } else { "running" };
         let id: i64 = sqlx::query(
             "INSERT INTO runs (workflow, plan_json, state, needs_approval, created_by, created_ms, updated_ms)
@@ -231,6 +237,15 @@ impl Store {
         row.as_ref().map(run_from).transpose()
     }
 
+    /// A run's state, cancel request and creation time, without its plan.
+    pub async fn run_head(&self, id: i64) -> Result<Option<RunHead>> {
+        let row = sqlx::query("SELECT state, cancel_requested, created_ms FROM runs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(RunHead { state: r.try_get(0)?, cancel_requested: r.try_get(1)?, created_ms: r.try_get(2)? })).transpose()
+    }
+
     /// A run's steps, in plan order.
     pub async fn run_steps(&self, id: i64) -> Result<Vec<StepRecord>> {
         let rows = sqlx::query("SELECT * FROM run_steps WHERE run_id = ? ORDER BY position")
@@ -253,7 +268,7 @@ impl Store {
 
     /// Writes a step's record and appends its event, in one transaction; returns the event's seq.
     pub async fn save_step(&self, run: i64, s: &StepRecord, now: i64, event: &NewEvent) -> Result<i64> {
-        let mut tx = self.write_tx().await?;
+        let (_w, mut tx) = self.write_tx().await?;
         sqlx::query(
             "UPDATE run_steps SET state = ?, attempt = ?, idem_key = ?, intent_json = ?, outcome_json = ?,
                  error = ?, done_seq = ?, started_ms = ?, finished_ms = ?
@@ -280,7 +295,7 @@ impl Store {
     /// Sets a run's state (and its report, when given) with its event. Entering a terminal state
     /// releases the run's entity locks and its driver in the same transaction.
     pub async fn set_run_state(&self, run: i64, state: &str, report: Option<&Value>, now: i64, event: &NewEvent) -> Result<()> {
-        let mut tx = self.write_tx().await?;
+        let (_w, mut tx) = self.write_tx().await?;
         sqlx::query("UPDATE runs SET state = ?, report_json = COALESCE(?, report_json) WHERE id = ?")
             .bind(state)
             .bind(report.map(json))
@@ -310,7 +325,7 @@ impl Store {
         now: i64,
         event: &NewEvent,
     ) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
+        let (_w, mut tx) = self.write_tx().await?;
         let current: Option<String> = sqlx::query("SELECT state FROM run_steps WHERE run_id = ? AND name = ?")
             .bind(run)
             .bind(step)
@@ -354,7 +369,7 @@ impl Store {
 
     /// Appends an event that changes no state (progress, retries).
     pub async fn add_event(&self, run: i64, now: i64, event: &NewEvent) -> Result<i64> {
-        let mut tx = self.write_tx().await?;
+        let (_w, mut tx) = self.write_tx().await?;
         let seq = append(&mut tx, run, now, event).await?;
         tx.commit().await?;
         Ok(seq)
@@ -362,7 +377,7 @@ impl Store {
 
     /// Records a human approval of a run awaiting it; false when it was not awaiting approval.
     pub async fn approve_run(&self, run: i64, approver: &str, now: i64) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
+        let (_w, mut tx) = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE runs SET state = 'running', approved_by = ?, approved_ms = ? WHERE id = ? AND state = 'awaiting_approval'",
         )
@@ -382,7 +397,7 @@ impl Store {
 
     /// Asks a run to stop and undo what it did; false when it has already ended.
     pub async fn request_cancel(&self, run: i64, actor: &str, now: i64) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
+        let (_w, mut tx) = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE runs SET cancel_requested = ? WHERE id = ? AND cancel_requested IS NULL
                  AND state NOT IN ('succeeded', 'failed', 'rolled_back', 'cancelled')",
@@ -403,7 +418,7 @@ impl Store {
     /// Takes the run for the driver `owner` when nobody drives it, `owner` already does, or
     /// `stale(current_owner, heartbeat)` says the current driver is gone. False otherwise.
     pub async fn claim_run(&self, run: i64, owner: &str, now: i64, stale: impl Fn(&str, i64) -> bool) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
+        let (_w, mut tx) = self.write_tx().await?;
         let row = sqlx::query("SELECT owner, heartbeat_ms, state FROM runs WHERE id = ?")
             .bind(run)
             .fetch_optional(&mut *tx)
@@ -434,24 +449,28 @@ impl Store {
 
     /// Refreshes the heartbeat of every run `owner` drives.
     pub async fn heartbeat(&self, owner: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE runs SET heartbeat_ms = ? WHERE owner = ?").bind(now).bind(owner).execute(&self.pool).await?;
+        let (_w, mut tx) = self.write_tx().await?;
+        sqlx::query("UPDATE runs SET heartbeat_ms = ? WHERE owner = ?").bind(now).bind(owner).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Lets go of a run `owner` drives.
     pub async fn release_run(&self, run: i64, owner: &str) -> Result<()> {
+        let (_w, mut tx) = self.write_tx().await?;
         sqlx::query("UPDATE runs SET owner = NULL, heartbeat_ms = NULL WHERE id = ? AND owner = ?")
             .bind(run)
             .bind(owner)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Takes every entity lock in `entities` for `run`, or none: on conflict, the entities held
     /// by other runs, with the run holding each.
     pub async fn lock_entities(&self, run: i64, entities: &[String], now: i64) -> Result<Result<(), Vec<(String, i64)>>> {
-        let mut tx = self.write_tx().await?;
+        let (_w, mut tx) = self.write_tx().await?;
         let mut held = Vec::new();
         for e in entities {
             let holder: Option<i64> = sqlx::query("SELECT run_id FROM entity_locks WHERE entity = ?")

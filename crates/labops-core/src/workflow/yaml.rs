@@ -8,7 +8,7 @@ use super::{Diagnostic, Pos};
 
 /// Parses `text`, requiring a mapping at the top and unique keys.
 pub(crate) fn parse(text: &str) -> Result<Node, Diagnostic> {
-    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    let options = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
     marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| load_error(&e))
 }
 

@@ -1020,14 +1020,21 @@ impl CommandOutput {
         matches!(self.target, Target::Ssh { .. }) && self.exit_code == Some(255)
     }
 
-    /// `exit 0`, `exit 2`, `killed by signal 9`, `timed out after 60s`.
+    /// `exit 0`, `exit 2`, `killed by signal 9`, `timed out after 60.0s`.
     pub fn status(&self) -> String {
         match (self.timed_out, self.exit_code, self.signal) {
             (true, _, _) => format!("timed out after {:.1}s", self.duration.as_secs_f64()),
             (false, Some(code), _) => format!("exit {code}"),
             (false, None, Some(sig)) => format!("killed by signal {sig}"),
-            (false, None, None) => "ended without an exit status".to_string(),
+            (false, None, None) => "no exit status".to_string(),
         }
+    }
+
+    /// The status, and the start of stderr (or of stdout when stderr is empty), on one line.
+    pub fn brief(&self, bytes: usize) -> String {
+        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
+        let text = head(text.trim(), bytes).replace('\n', " / ");
+        if text.is_empty() { self.status() } else { format!("{}: {text}", self.status()) }
     }
 
     /// The outcome record: status and the first `recorded` bytes of each stream.
@@ -1046,16 +1053,24 @@ impl CommandOutput {
         })
     }
 
-    /// The command, its status and the start of its output, for error messages.
+    /// The command and its status, then the first `bytes` of each stream, for error messages.
     pub fn summary(&self, bytes: usize) -> String {
-        let mut s = format!("`{}` on {} ended with {}", self.command, self.target.describe(), self.status());
+        format!("`{}` on {} ({})\n{}", self.command, self.target.describe(), self.status(), self.streams(bytes))
+    }
+
+    /// The first `bytes` of stdout and of stderr, each under its name.
+    pub fn streams(&self, bytes: usize) -> String {
+        let mut s = String::new();
         for (name, text, total) in [("stdout", &self.stdout, self.stdout_bytes), ("stderr", &self.stderr, self.stderr_bytes)] {
             let shown = head(text, bytes);
+            if !s.is_empty() {
+                s.push('\n');
+            }
             if shown.trim().is_empty() {
-                let _ = write!(s, "; {name} empty");
+                let _ = write!(s, "{name}: (empty)");
             } else {
                 let more = if (shown.len() as u64) < total { format!(" (first {} of {total} bytes)", shown.len()) } else { String::new() };
-                let _ = write!(s, "; {name}{more}:\n{}", shown.trim_end());
+                let _ = write!(s, "{name}{more}:\n{}", shown.trim_end());
             }
         }
         s
@@ -1519,7 +1534,7 @@ impl NodeCommands {
                         Ok(out) => {
                             report.retryable = out.ssh_failed();
                             let hint = if out.ssh_failed() { format!(" ({})", self.runner.ssh_hint(&out)) } else { String::new() };
-                            report.failed = Some(format!("undoing `{command}` with {}{hint}", out.summary(1024)));
+                            report.failed = Some(format!("undoing `{command}` with `{rollback}` failed ({}){hint}", out.brief(512)));
                             report.remaining.push(command.clone());
                         }
                         Err(e) => {
@@ -1621,7 +1636,7 @@ impl Executor for NodeCommands {
             cx.progress(Some(k as f64 / total as f64), format!("running `{}` on {node} ({} of {total})", planned.command, k + 1));
             let pipeline = self.allowlist.parse(&planned.command).map_err(|e| StepError::fatal(e.to_string()))?;
             self.journal(&cx.idem_key, |j| j.started = k + 1);
-            let failure = match self.runner.run(&target, &pipeline).await {
+            let (failure, details) = match self.runner.run(&target, &pipeline).await {
                 Ok(out) if out.success() => {
                     tracing::info!(step = %cx.step.name, node, command = %planned.command, "node command ran");
                     records.push(json!({"command": planned.command, "undo": planned.undo, "output": out.to_json(recorded)}));
@@ -1629,12 +1644,15 @@ impl Executor for NodeCommands {
                     self.journal(&cx.idem_key, |j| j.finished = k + 1);
                     continue;
                 }
-                Ok(out) if out.ssh_failed() => {
-                    format!("{}; ssh could not run it ({})", out.summary(1024), self.runner.ssh_hint(&out))
+                Ok(out) if out.ssh_failed() => (
+                    format!("ssh could not reach {node} to run `{}` ({}; {})", planned.command, out.stderr.trim(), self.runner.ssh_hint(&out)),
+                    String::new(),
+                ),
+                Ok(out) if out.timed_out => {
+                    (format!("`{}` {} on {node}; it may have partly run: check {node}", planned.command, out.status()), out.streams(1024))
                 }
-                Ok(out) if out.timed_out => format!("{}; it may have partly run: check {node}", out.summary(1024)),
-                Ok(out) => out.summary(1024),
-                Err(e) => e.to_string(),
+                Ok(out) => (format!("`{}` failed on {node} ({})", planned.command, out.status()), out.streams(1024)),
+                Err(e) => (e.to_string(), String::new()),
             };
             // A command failed: undo what ran before it, then report.
             let not_run: Vec<String> = plan.commands[k + 1..].iter().map(|c| c.command.clone()).collect();
@@ -1650,6 +1668,9 @@ impl Executor for NodeCommands {
                 let _ = write!(message, " Not run: {}.", quoted_list(&not_run));
             }
             message.push_str(" Fix the cause, then run the workflow again.");
+            if !details.is_empty() {
+                let _ = write!(message, "\nOutput of `{}`:\n{details}", planned.command);
+            }
             lock(&self.journal).remove(&cx.idem_key);
             return Err(StepError::fatal(message));
         }

@@ -2,7 +2,8 @@
 //! human, writing every state change to the store before the action it leads to.
 //!
 //! A run is driven by one process at a time (a lease in the store: owner and heartbeat; a dead
-//! owner's PID or a stale heartbeat frees it). Whoever acts carries the run: `labops workflow
+//! owner's PID or a stale heartbeat frees it, and a run stays with the process that last drove
+//! it while that process lives). Whoever acts carries the run: `labops workflow
 //! run` drives it until it waits, `complete-step`, `approve` and `resume` pick it up again, and
 //! `labops serve` drives every run continuously. Progress is read from the store's event stream,
 //! so any process can follow any run.
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use labops_core::workflow::{Availability, Plan};
 use labops_store::Store;
-use labops_store::runs::{NewEvent, RunRecord, StepRecord, TERMINAL};
+use labops_store::runs::{NewEvent, RunHead, RunRecord, StepRecord, TERMINAL};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
@@ -109,8 +110,10 @@ pub struct Engine {
     registry: Arc<Registry>,
     owner: String,
     steps_at_once: Arc<Semaphore>,
+    drives_at_once: Arc<Semaphore>,
     per_run: usize,
     crash: Option<CrashPoint>,
+    heartbeat: Arc<std::sync::OnceLock<AbortOnDrop>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -120,6 +123,8 @@ impl std::fmt::Debug for Engine {
 }
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Runs one process drives at once; the others queue (their steps are bounded separately).
+const DRIVES_AT_ONCE: usize = 32;
 const STALE_MS: i64 = 5_000;
 
 /// Whether the driver `owner` (`pid:PID:NONCE`) is gone: its process is dead, or it stopped
@@ -154,8 +159,10 @@ impl Engine {
             registry: Arc::new(registry),
             owner: format!("pid:{}:{nonce}", std::process::id()),
             steps_at_once: Arc::new(Semaphore::new(steps_at_once.max(1))),
+            drives_at_once: Arc::new(Semaphore::new(DRIVES_AT_ONCE)),
             per_run: per_run.max(1),
             crash: None,
+            heartbeat: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -275,18 +282,17 @@ impl Engine {
 
     /// Drives one run until it ends or waits, unless another live process drives it.
     pub async fn drive(&self, id: i64) -> Result<Driven> {
-        let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
-        if TERMINAL.contains(&run.state.as_str()) {
-            return Ok(Driven::Finished { outcome: run.state });
-        }
+        let _slot = self.drives_at_once.acquire().await.expect("semaphore is never closed");
         if !self.store.claim_run(id, &self.owner, now_ms(), owner_gone).await? {
+            // Ended, missing, or driven by a live process.
             let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
             return Ok(match run.owner {
-                Some(owner) => Driven::Busy { owner },
-                None => Driven::Finished { outcome: run.state },
+                Some(owner) if !TERMINAL.contains(&run.state.as_str()) => Driven::Busy { owner },
+                _ => Driven::Finished { outcome: run.state },
             });
         }
-        let beat = {
+        // One heartbeat per process covers every run it drives.
+        self.heartbeat.get_or_init(|| {
             let (store, owner) = (self.store.clone(), self.owner.clone());
             AbortOnDrop(tokio::spawn(async move {
                 loop {
@@ -294,10 +300,12 @@ impl Engine {
                     let _ = store.heartbeat(&owner, now_ms()).await;
                 }
             }))
-        };
+        });
+        // A run that waits stays with this process while it lives (it picks the run up again
+        // when a human acts, see `serve`); when it exits, the dead PID frees the run at once.
+        // A run this process failed to drive is let go.
         let result = RunDriver::new(self, id).run().await;
-        drop(beat);
-        if !matches!(result, Ok(Driven::Finished { .. })) {
+        if result.is_err() {
             self.store.release_run(id, &self.owner).await?;
         }
         result
@@ -441,13 +449,18 @@ impl<'a> RunDriver<'a> {
         self.steps = plan_steps(&run.plan).into_iter().map(|s| (s.name.clone(), s)).collect();
         let recs = store.run_steps(self.id).await?;
         self.done_seq.store(recs.iter().filter_map(|r| r.done_seq).max().unwrap_or(0), Ordering::SeqCst);
-        self.recover(&recs).await?;
+        let recovered = self.recover(&recs).await?;
         let mut locked = false;
         let mut inflight: JoinSet<(String, Result<()>)> = JoinSet::new();
         let mut running: HashSet<String> = HashSet::new();
+        // The first pass works from what was just read, unless recovery changed it.
+        let head = RunHead { state: run.state, cancel_requested: run.cancel_requested, created_ms: run.created_ms };
+        let mut first = (!recovered).then_some((head, recs));
         loop {
-            let run = store.run(self.id).await?.ok_or(RunError::NotFound(self.id))?;
-            let recs = store.run_steps(self.id).await?;
+            let (run, recs) = match first.take() {
+                Some(loaded) => loaded,
+                None => (store.run_head(self.id).await?.ok_or(RunError::NotFound(self.id))?, store.run_steps(self.id).await?),
+            };
             if TERMINAL.contains(&run.state.as_str()) {
                 return Ok(Driven::Finished { outcome: run.state });
             }
@@ -472,7 +485,9 @@ impl<'a> RunDriver<'a> {
                 }
                 targets.sort();
                 targets.dedup();
-                if let Err(held) = store.lock_entities(self.id, &targets, now_ms()).await? {
+                if targets.is_empty() {
+                    // Nothing to lock.
+                } else if let Err(held) = store.lock_entities(self.id, &targets, now_ms()).await? {
                     let reasons = held.iter().map(|(e, r)| format!("lock: {e} is held by run {r}")).collect();
                     return Ok(Driven::Waiting { reasons });
                 }
@@ -547,8 +562,10 @@ impl<'a> RunDriver<'a> {
     }
 
     /// After a restart: steps left `running` are verified with their target.
-    async fn recover(&self, recs: &[StepRecord]) -> Result<()> {
+    async fn recover(&self, recs: &[StepRecord]) -> Result<bool> {
+        let mut any = false;
         for rec in recs.iter().filter(|r| r.state == "running") {
+            any = true;
             let Some(step) = self.steps.get(&rec.name) else { continue };
             let mut rec = rec.clone();
             let intent = rec.intent.clone().unwrap_or(Value::Null);
@@ -576,12 +593,12 @@ impl<'a> RunDriver<'a> {
                 }
             }
         }
-        Ok(())
+        Ok(any)
     }
 
     /// Undoes completed steps in reverse completion order; the run ends `rolled_back` (or
     /// `cancelled`) with a report.
-    async fn rollback(&self, run: &RunRecord) -> Result<Driven> {
+    async fn rollback(&self, run: &RunHead) -> Result<Driven> {
         let store = &self.engine.store;
         let recs = store.run_steps(self.id).await?;
         let failed = recs.iter().find(|r| r.state == "failed").map(|r| r.name.clone());
@@ -599,9 +616,23 @@ impl<'a> RunDriver<'a> {
             r.state = "cancelled".into();
             self.save(&r, NewEvent::step(&r.name, "step_cancelled", json!({"reason": "the run is rolling back"}))).await?;
         }
+        // The failed step first (it may have done part of its work: a step of several actions,
+        // a manifest applied before the rollout timed out); it stays `failed`. Then the
+        // completed steps, newest first.
+        let already: HashSet<String> = store
+            .run_events(self.id, 0, u32::MAX)
+            .await?
+            .into_iter()
+            .filter(|e| matches!(e.kind.as_str(), "step_compensated" | "step_compensation_failed"))
+            .filter_map(|e| e.step)
+            .collect();
+        let mut order: Vec<StepRecord> =
+            recs.iter().filter(|r| r.state == "failed" && r.intent.is_some() && !already.contains(&r.name)).cloned().collect();
         let mut done: Vec<StepRecord> = recs.into_iter().filter(|r| matches!(r.state.as_str(), "succeeded" | "compensating")).collect();
         done.sort_by_key(|r| std::cmp::Reverse(r.done_seq.unwrap_or(0)));
-        for mut rec in done {
+        order.extend(done);
+        for mut rec in order {
+            let was_failed = rec.state == "failed";
             let Some(step) = self.steps.get(&rec.name).cloned() else { continue };
             let exec = match self.executor(&step) {
                 Ok(e) => e,
@@ -611,7 +642,7 @@ impl<'a> RunDriver<'a> {
                     continue;
                 }
             };
-            if rec.state != "compensating" {
+            if rec.state != "compensating" && !was_failed {
                 rec.state = "compensating".into();
                 self.save(&rec, NewEvent::step(&rec.name, "compensation_started", Value::Null)).await?;
             }
@@ -636,8 +667,13 @@ impl<'a> RunDriver<'a> {
                 }
                 Err(e) => ("compensation_failed", NewEvent::step(&rec.name, "step_compensation_failed", json!({"why": e.message}))),
             };
-            rec.state = state.into();
-            self.save(&rec, event).await?;
+            if was_failed {
+                // Keep the step `failed`: the event says what its compensation did.
+                store.add_event(self.id, now_ms(), &event).await?;
+            } else {
+                rec.state = state.into();
+                self.save(&rec, event).await?;
+            }
             self.engine.crash_point("after_compensate", &rec.name);
         }
         let report = self.report(&reason, failed.as_deref()).await?;
@@ -717,7 +753,13 @@ impl StepTask {
             tries += 1;
             rec.attempt += 1;
             let cx = StepCx::new(self.id, self.step.clone(), rec.attempt, self.progress.clone());
-            let result: std::result::Result<Started, StepError> = match exec.prepare(&cx).await {
+            // The first attempt's intent stays: a later attempt would see its own half-done work
+            // as the state to restore.
+            let prepared = match rec.intent.clone() {
+                Some(intent) => Ok(intent),
+                None => exec.prepare(&cx).await,
+            };
+            let result: std::result::Result<Started, StepError> = match prepared {
                 Ok(intent) => {
                     rec.state = "running".into();
                     rec.idem_key = Some(cx.idem_key.clone());

@@ -38,6 +38,9 @@
 //! | `config`   | `config`: keys to set; `null` deletes a key            | restore the old values   |
 //!
 //! After `clone`, the following actions act on the copy; after `migrate`, on the target node.
+//! `labops workflow validate` declares `actions` a list of plain values, so workflow files write
+//! action names and give parameters as step fields (`snapname: x`, `config: {...}`); the mapping
+//! form is for steps that carry two actions of a kind with different parameters.
 //! A step with `commands` (shell commands on the node) instead of `actions` is handed to the
 //! node-commands executor given to [`ProxmoxTask::new`].
 //!
@@ -447,10 +450,6 @@ impl Plan {
 
     fn kind_of(&self, vmid: u32) -> Option<Kind> {
         self.actions.iter().flat_map(|a| [a.guest.clone(), a.changed()]).find(|g| g.vmid == vmid).map(|g| g.kind)
-    }
-
-    fn needs_snapshots(&self, vmid: u32) -> bool {
-        self.actions.iter().any(|a| a.guest.vmid == vmid && matches!(a.op, Op::Snapshot { .. }))
     }
 }
 
@@ -1246,7 +1245,7 @@ impl ProxmoxTask {
                         self.config_now(&g).await?.into_iter().filter(|(k, _)| keys.contains(k)).collect()
                     };
                     // Snapshots an earlier attempt of this step took do not count as found.
-                    let snapshots = if plan.needs_snapshots(vmid) {
+                    let snapshots = if !plan.snapshot_names(vmid).is_empty() {
                         self.snapshots_now(&g).await?.into_iter().filter(|(_, d)| !d.contains(&mark)).map(|(n, _)| n).collect()
                     } else {
                         BTreeSet::new()
@@ -1289,7 +1288,7 @@ impl ProxmoxTask {
             already: true,
             snapname: None,
         };
-        progress(Some(cx), Some(i as f64 / n as f64), format!("{what}"));
+        progress(Some(cx), Some(i as f64 / n as f64), what.clone());
         let upid = match &a.op {
             Op::Create { params } => {
                 if let Some(found) = self.locate(a.guest.vmid).await? {
@@ -1309,7 +1308,15 @@ impl ProxmoxTask {
                 self.act(Some(cx), fraction, &what, &calls.create, &a.guest, &[], &p).await?
             }
             Op::Clone { params, .. } => {
-                if self.locate(changed.vmid).await?.is_some() {
+                if let Some(found) = self.locate(changed.vmid).await? {
+                    if before.exists {
+                        return Err(StepError::fatal(format!(
+                            "{what}: VMID {} was taken before this step (by a {} on {}): change `newid`",
+                            changed.vmid,
+                            found.kind.noun(),
+                            found.node
+                        )));
+                    }
                     return Ok(done_already(cx, i, n, &what, done));
                 }
                 self.act(Some(cx), fraction, &what, &calls.clone, &a.guest, &[], &kv(params)).await?
