@@ -52,6 +52,12 @@ CREATE TABLE run_events (
     PRIMARY KEY (run_id, seq)
 );
 
+-- An event advances its run: the run's last seq and last change follow it.
+CREATE TRIGGER run_events_advance AFTER INSERT ON run_events
+BEGIN
+    UPDATE runs SET last_seq = NEW.seq, updated_ms = NEW.at_ms WHERE id = NEW.run_id;
+END;
+
 -- One lock per target entity: a run holds its entities from start to end, so two runs never
 -- change the same VM at once.
 CREATE TABLE entity_locks (

@@ -171,21 +171,20 @@ fn step_from(r: &SqliteRow) -> Result<StepRecord> {
 }
 
 async fn append(tx: &mut sqlx::SqliteConnection, run: i64, now: i64, e: &NewEvent) -> Result<i64> {
-    let seq: i64 = sqlx::query("UPDATE runs SET updated_ms = ?, last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq")
-        .bind(now)
-        .bind(run)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-    sqlx::query("INSERT INTO run_events (run_id, seq, at_ms, step, kind, detail_json) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(run)
-        .bind(seq)
-        .bind(now)
-        .bind(&e.step)
-        .bind(e.kind)
-        .bind(json(&e.detail))
-        .execute(&mut *tx)
-        .await?;
+    // One statement: the seq comes from the run row, and a trigger moves the run's `last_seq`
+    // and `updated_ms` along.
+    let seq: i64 = sqlx::query(
+        "INSERT INTO run_events (run_id, seq, at_ms, step, kind, detail_json)
+         SELECT id, last_seq + 1, ?, ?, ?, ? FROM runs WHERE id = ? RETURNING seq",
+    )
+    .bind(now)
+    .bind(&e.step)
+    .bind(e.kind)
+    .bind(json(&e.detail))
+    .bind(run)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get(0)?;
     Ok(seq)
 }
 

@@ -232,3 +232,105 @@ fn killed_at_twenty_points_every_side_effect_happens_once() {
     }
     let _ = Path::new(lab.dir.path()).exists();
 }
+
+const HUMAN_WAIT: &str = "apiVersion: kro.run/v1alpha1
+kind: ResourceGraphDefinition
+metadata:
+  name: plug-a-disk
+spec:
+  resources:
+    - name: start
+      type: milestone
+    - name: plug-disk
+      type: external-task
+      dependencies: [start]
+      instructions: Plug the NVMe into slot 2
+    - name: kernel-sees-it
+      type: system-check
+      dependencies: [plug-disk]
+      validation_commands: [\"uname -s\"]
+      success_criteria: [\"output of uname -s contains Linux\"]
+";
+
+/// `labops serve` drives runs a CLI started and a human moved on; the SSE stream at
+/// `/api/v1/runs/{id}/events` carries every event, needs the token, and ends with the run.
+#[test]
+fn serve_drives_runs_and_streams_their_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("labops.toml");
+    std::fs::write(&cfg, format!("[state]\ndata_dir = \"{}\"\n", dir.path().join("state").display())).unwrap();
+    let wf = dir.path().join("wait.yaml");
+    std::fs::write(&wf, HUMAN_WAIT).unwrap();
+    let served = common::Served::start(&cfg);
+    let run = |args: &[&str]| {
+        let out = labops().arg("--config").arg(&cfg).args(args).env("USER", "ann").output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (ok, out) = run(&["workflow", "run", wf.to_str().unwrap()]);
+    assert!(ok && out.contains("Plug the NVMe into slot 2"), "{out}");
+    let id = out.split("run ").nth(1).unwrap().split(':').next().unwrap().to_string();
+    let c = common::http();
+    let events_url = format!("{}/api/v1/runs/{id}/events", served.base);
+    assert_eq!(c.get(&events_url).send().unwrap().status(), 401);
+    assert_eq!(c.get(format!("{}/api/v1/runs/999", served.base)).bearer_auth(&served.token).send().unwrap().status(), 404);
+
+    // The CLI that started the run has exited; `serve` takes the run over...
+    common::eventually(20, "serve takes the run", || {
+        let v: Value = c.get(format!("{}/api/v1/runs/{id}", served.base)).bearer_auth(&served.token).send().ok()?.json().ok()?;
+        // A live process: the CLI that started the run has exited, its lease with it.
+        let owner = v["run"]["owner"].as_str()?.to_string();
+        let pid = owner.split(':').nth(1)?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(owner)
+    });
+    // ...so the human's answer is recorded by the CLI and carried on by `serve`.
+    let (ok, out) = run(&["workflow", "complete-step", &id, "plug-disk", "--data", "{\"slot\": 2}"]);
+    assert!(ok && out.contains("driven by another labops process"), "{out}");
+    let body = c.get(&events_url).bearer_auth(&served.token).send().unwrap().text().unwrap();
+    let kinds: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(kinds.first(), Some(&"created"), "{body}");
+    assert_eq!(kinds.last(), Some(&"finished"), "the stream ends with the run: {body}");
+    assert!(kinds.contains(&"step_waiting") && kinds.iter().filter(|k| **k == "step_succeeded").count() == 3, "{body}");
+    let ids: Vec<i64> = body.lines().filter_map(|l| l.strip_prefix("id: ")).map(|s| s.parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "events are numbered in order: {ids:?}");
+    // Resuming from an event id gives only what came after.
+    let tail = c.get(&events_url).bearer_auth(&served.token).header("Last-Event-ID", ids[ids.len() - 2].to_string()).send().unwrap().text().unwrap();
+    assert_eq!(tail.lines().filter(|l| l.starts_with("event: ")).count(), 1, "{tail}");
+    let v: Value = c.get(format!("{}/api/v1/runs/{id}", served.base)).bearer_auth(&served.token).send().unwrap().json().unwrap();
+    assert_eq!(v["run"]["state"], "succeeded");
+    assert_eq!(v["steps"][1]["outcome"]["data"]["slot"], 2);
+}
+
+/// `run --follow` stays until the run ends, printing each event (a progress bar per step on a
+/// terminal), and carries the run across a human step completed from another terminal.
+#[test]
+fn follow_shows_progress_until_the_run_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("labops.toml");
+    std::fs::write(&cfg, format!("[state]\ndata_dir = \"{}\"\n", dir.path().join("state").display())).unwrap();
+    let wf = dir.path().join("wait.yaml");
+    std::fs::write(&wf, HUMAN_WAIT).unwrap();
+    let follower = labops()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["workflow", "run", wf.to_str().unwrap(), "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the run to wait for the human, then answer from "another terminal".
+    let status = |run: &str| -> Option<Value> {
+        let out = labops().arg("--config").arg(&cfg).args(["workflow", "status", run, "--json"]).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    common::eventually(20, "the run waits for the human", || {
+        status("1").filter(|s| s["steps"][1]["state"] == "waiting_human")
+    });
+    let out = labops().arg("--config").arg(&cfg).args(["workflow", "complete-step", "1", "plug-disk", "--as", "bob"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = follower.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("step waiting plug-disk: Plug the NVMe into slot 2"), "{stderr}");
+    assert!(stderr.contains("step succeeded kernel-sees-it"), "{stderr}");
+    assert!(stdout.contains("run 1 ended: succeeded"), "{stdout}");
+}

@@ -449,13 +449,13 @@ impl<'a> RunDriver<'a> {
         self.steps = plan_steps(&run.plan).into_iter().map(|s| (s.name.clone(), s)).collect();
         let recs = store.run_steps(self.id).await?;
         self.done_seq.store(recs.iter().filter_map(|r| r.done_seq).max().unwrap_or(0), Ordering::SeqCst);
-        let recovered = self.recover(&recs).await?;
+        let recs = self.recover(recs).await?;
         let mut locked = false;
         let mut inflight: JoinSet<(String, Result<()>)> = JoinSet::new();
         let mut running: HashSet<String> = HashSet::new();
         // The first pass works from what was just read, unless recovery changed it.
         let head = RunHead { state: run.state, cancel_requested: run.cancel_requested, created_ms: run.created_ms };
-        let mut first = (!recovered).then_some((head, recs));
+        let mut first = Some((head, recs));
         loop {
             let (run, recs) = match first.take() {
                 Some(loaded) => loaded,
@@ -514,7 +514,6 @@ impl<'a> RunDriver<'a> {
                     id: self.id,
                     step,
                     rec: rec.clone(),
-                    progress: self.progress.clone(),
                     done_seq: self.done_seq.clone(),
                 };
                 let name = rec.name.clone();
@@ -562,12 +561,9 @@ impl<'a> RunDriver<'a> {
     }
 
     /// After a restart: steps left `running` are verified with their target.
-    async fn recover(&self, recs: &[StepRecord]) -> Result<bool> {
-        let mut any = false;
-        for rec in recs.iter().filter(|r| r.state == "running") {
-            any = true;
+    async fn recover(&self, mut recs: Vec<StepRecord>) -> Result<Vec<StepRecord>> {
+        for rec in recs.iter_mut().filter(|r| r.state == "running") {
             let Some(step) = self.steps.get(&rec.name) else { continue };
-            let mut rec = rec.clone();
             let intent = rec.intent.clone().unwrap_or(Value::Null);
             let verified = match self.executor(step) {
                 Ok(e) => e.verify(&self.cx(step, rec.attempt), &intent).await,
@@ -579,21 +575,21 @@ impl<'a> RunDriver<'a> {
                     rec.outcome = Some(outcome);
                     rec.done_seq = Some(self.done_seq.fetch_add(1, Ordering::SeqCst) + 1);
                     rec.finished_ms = Some(now_ms());
-                    self.save(&rec, NewEvent::step(&rec.name, "step_succeeded", json!({"verified_after_restart": true}))).await?;
+                    self.save(rec, NewEvent::step(&rec.name, "step_succeeded", json!({"verified_after_restart": true}))).await?;
                 }
                 Verified::NotDone => {
                     rec.state = "pending".into();
-                    self.save(&rec, NewEvent::step(&rec.name, "step_recovered", json!({"redo": true}))).await?;
+                    self.save(rec, NewEvent::step(&rec.name, "step_recovered", json!({"redo": true}))).await?;
                 }
                 Verified::Unknown(why) => {
                     rec.state = "waiting_human".into();
                     rec.error = Some(format!("interrupted and cannot be checked automatically: {why}"));
                     let ev = NewEvent::step(&rec.name, "step_waiting", json!({"reason": rec.error, "uncheckable": true}));
-                    self.save(&rec, ev).await?;
+                    self.save(rec, ev).await?;
                 }
             }
         }
-        Ok(any)
+        Ok(recs)
     }
 
     /// Undoes completed steps in reverse completion order; the run ends `rolled_back` (or
@@ -716,13 +712,17 @@ struct StepTask {
     id: i64,
     step: RunStep,
     rec: StepRecord,
-    progress: mpsc::UnboundedSender<(String, Value)>,
     done_seq: Arc<AtomicI64>,
 }
 
 impl StepTask {
     async fn save(&self, rec: &StepRecord, event: NewEvent) -> Result<()> {
         self.engine.store.save_step(self.id, rec, now_ms(), &event).await?;
+        Ok(())
+    }
+
+    async fn progress_event(&self, step: &str, detail: Value) -> Result<()> {
+        self.engine.store.add_event(self.id, now_ms(), &NewEvent::step(step, "step_progress", detail)).await?;
         Ok(())
     }
 
@@ -752,7 +752,10 @@ impl StepTask {
         loop {
             tries += 1;
             rec.attempt += 1;
-            let cx = StepCx::new(self.id, self.step.clone(), rec.attempt, self.progress.clone());
+            // This attempt's progress is written as it comes, and all of it before the
+            // attempt's outcome, so a follower never sees progress after "succeeded".
+            let (progress, mut reports) = mpsc::unbounded_channel::<(String, Value)>();
+            let cx = StepCx::new(self.id, self.step.clone(), rec.attempt, progress);
             // The first attempt's intent stays: a later attempt would see its own half-done work
             // as the state to restore.
             let prepared = match rec.intent.clone() {
@@ -768,7 +771,17 @@ impl StepTask {
                     rec.started_ms = Some(now_ms());
                     self.save(&rec, NewEvent::step(&rec.name, "step_started", json!({"attempt": rec.attempt}))).await?;
                     self.engine.crash_point("before_execute", &rec.name);
-                    let r = exec.execute(&cx, &intent).await;
+                    let executing = exec.execute(&cx, &intent);
+                    tokio::pin!(executing);
+                    let r = loop {
+                        tokio::select! {
+                            r = &mut executing => break r,
+                            Some((step, detail)) = reports.recv() => self.progress_event(&step, detail).await?,
+                        }
+                    };
+                    while let Ok((step, detail)) = reports.try_recv() {
+                        self.progress_event(&step, detail).await?;
+                    }
                     self.engine.crash_point("after_execute", &rec.name);
                     r
                 }
