@@ -32,16 +32,11 @@ pub enum WorkflowCommand {
         json: bool,
     },
     /// Emit a kro ResourceGraphDefinition for a graph made only of Kubernetes resources, for
-    /// FluxCD to apply.
+    /// FluxCD to apply. Parameters stay parameters: they become the RGD's schema, filled in by
+    /// each instance.
     ExportKro {
         /// The workflow.
         file: PathBuf,
-        /// A parameter value (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// A YAML file of parameter values.
-        #[arg(long, value_name = "FILE")]
-        values: Option<PathBuf>,
     },
     /// Start a run of a workflow. A run that changes the lab waits for `approve`; the others
     /// start at once. Without --follow, drives it until it ends or waits for a human.
@@ -199,8 +194,32 @@ pub fn run(cmd: &WorkflowCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        WorkflowCommand::ExportKro { file, set, values } => {
-            let Some((w, plan)) = plan_file(file, set, values.as_deref())? else { return Ok(ExitCode::from(1)) };
+        WorkflowCommand::ExportKro { file } => {
+            let text = read(file)?;
+            let (w, report) = workflow::check(&text);
+            let Some(w) = w.filter(|_| report.is_valid()) else {
+                print_all(file, &report.errors, &report.warnings);
+                println!("{}: {} error(s); fix them first", file.display(), report.errors.len());
+                return Ok(ExitCode::from(1));
+            };
+            // The plan orders the resources; its values are not exported, so parameters without
+            // a default get a neutral value of their type.
+            let placeholders: Bindings = w
+                .parameters
+                .values()
+                .filter(|p| p.default.is_none())
+                .map(|p| {
+                    let v = match p.type_name.as_str() {
+                        "integer" | "number" | "float" => serde_json::json!(0),
+                        "boolean" => serde_json::json!(false),
+                        "array" => serde_json::json!([]),
+                        "object" => serde_json::json!({}),
+                        _ => serde_json::json!(""),
+                    };
+                    (p.name.clone(), v)
+                })
+                .collect();
+            let plan = workflow::plan(&w, &placeholders).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             match workflow::kro::export(&w, &plan) {
                 Ok(yaml) => {
                     print!("{yaml}");

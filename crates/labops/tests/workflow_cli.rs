@@ -35,7 +35,12 @@ fn validate_accepts_the_library_and_the_references() {
         shared().join("reference/workflows/storage-expansion-workflow.yaml"),
         shared().join("reference/kro/external-references.yaml"),
     ];
-    files.extend(std::fs::read_dir(manifest().join("../../workflows")).unwrap().map(|e| e.unwrap().path()));
+    files.extend(
+        std::fs::read_dir(manifest().join("../../workflows"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml")),
+    );
     for f in files {
         let o = labops(&["workflow", "validate", f.to_str().unwrap()]);
         assert!(o.status.success(), "{}: {}{}", f.display(), stdout(&o), String::from_utf8_lossy(&o.stderr));
@@ -102,4 +107,25 @@ fn plan_shows_parallel_stages_of_a_kro_graph() {
     let o = labops(&[&args[..], &["--set", "replicas=two"]].concat());
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("parameter `replicas`: \"two\" is not an integer"), "{}", stdout(&o));
+}
+
+#[test]
+fn export_kro_writes_an_rgd_that_validates_and_refuses_other_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["gitops-app.yaml", "multi-resource.yaml", "external-references.yaml"] {
+        let src = shared().join("reference/kro").join(name);
+        let out = labops(&["workflow", "export-kro", src.to_str().unwrap()]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = stdout(&out);
+        assert!(text.contains("kind: ResourceGraphDefinition"), "{text}");
+        let exported = dir.path().join(name);
+        std::fs::write(&exported, &text).unwrap();
+        let v = labops(&["workflow", "validate", exported.to_str().unwrap()]);
+        assert!(v.status.success(), "{name} exported does not validate: {}{text}", stdout(&v));
+    }
+    let owner = manifest().join("../../workflows/storage-expansion-workflow.yaml");
+    let out = labops(&["workflow", "export-kro", owner.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Kubernetes resources only") && err.contains("proxmox-task"), "{err}");
 }
