@@ -181,7 +181,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = loaded.config.expect("no errors means a config");
     if let Command::Workflow { command } = &cli.command {
         let store = open_store(&cfg, cli.data_dir.clone()).await?;
-        return runs_cmd::run_state(command, &cfg, store).await;
+        // Starting a run resolves what its steps name against the live inventory.
+        let lab = match command {
+            workflow_cmd::WorkflowCommand::Run { .. } => Some(start_lab_with(&cfg, store.clone()).await?),
+            _ => None,
+        };
+        let code = runs_cmd::run_state(command, &cfg, store, lab.as_ref()).await;
+        if let Some(l) = lab {
+            l.shutdown();
+        }
+        return code;
     }
     let configured = cfg.proxmox.is_some() || cfg.kubernetes.is_some() || !cfg.hosts.is_empty();
     let lab = start_lab(&cfg, cli.data_dir.clone()).await?;
@@ -278,6 +287,11 @@ async fn open_store(cfg: &config::Config, data_dir: Option<PathBuf>) -> anyhow::
 
 async fn start_lab(cfg: &config::Config, data_dir: Option<PathBuf>) -> anyhow::Result<Lab> {
     let store = open_store(cfg, data_dir).await?;
+    start_lab_with(cfg, store).await
+}
+
+/// The lab over an open store: one source per configured integration.
+async fn start_lab_with(cfg: &config::Config, store: labops_store::Store) -> anyhow::Result<Lab> {
     let mut sources = Vec::new();
     if let Some(p) = &cfg.proxmox {
         if p.insecure {

@@ -335,14 +335,26 @@ pub async fn engine(cfg: &crate::config::Config, store: Store) -> anyhow::Result
 }
 
 /// Runs one of the run commands.
-pub async fn run_state(cmd: &crate::workflow_cmd::WorkflowCommand, cfg: &crate::config::Config, store: Store) -> anyhow::Result<ExitCode> {
+pub async fn run_state(
+    cmd: &crate::workflow_cmd::WorkflowCommand,
+    cfg: &crate::config::Config,
+    store: Store,
+    lab: Option<&labops_engine::Lab>,
+) -> anyhow::Result<ExitCode> {
     use crate::workflow_cmd::{WorkflowCommand as W, plan_file};
     let engine = engine(cfg, store.clone()).await?;
     match cmd {
         W::Run { file, set, values, follow: follow_it, json, actor: who } => {
             let who = actor(who.as_deref());
             let Some((_, plan)) = plan_file(file, set, values.as_deref())? else { return Ok(ExitCode::from(1)) };
-            let id = match engine.submit(&plan, &who).await {
+            let inventory = match lab {
+                Some(l) => {
+                    l.wait_until_reported(Duration::from_secs(20)).await;
+                    Some(l.snapshot().inventory.clone())
+                }
+                None => None,
+            };
+            let id = match engine.submit_grounded(&plan, &who, inventory.as_deref()).await {
                 Ok(id) => id,
                 Err(e) => {
                     eprintln!("error: {}: {e}", file.display());

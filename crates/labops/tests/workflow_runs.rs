@@ -334,3 +334,22 @@ fn follow_shows_progress_until_the_run_ends() {
     assert!(stderr.contains("step succeeded kernel-sees-it"), "{stderr}");
     assert!(stdout.contains("run 1 ended: succeeded"), "{stdout}");
 }
+
+/// What a run names is resolved against the live inventory before anything is stored: a typo
+/// gets the real names, and a VM a step would create must not exist yet.
+#[test]
+fn a_run_naming_what_the_lab_does_not_have_is_refused_with_the_real_names() {
+    let lab = lab();
+    let typo = lab.dir.path().join("typo.yaml");
+    std::fs::write(&typo, WORKFLOW.replace("node: still-fawn\n      vmid: \"{{.vmid}}\"\n      guest", "node: still-fawm\n      vmid: \"{{.vmid}}\"\n      guest")).unwrap();
+    let out = lab.labops(&["workflow", "run", typo.to_str().unwrap(), "--set", "vmid=9300"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("step `create-vm`: `node`: no proxmox_node is named \"still-fawm\"") && err.contains("still-fawn"), "{err}");
+    let out = lab.labops(&["workflow", "run", lab.workflow.to_str().unwrap(), "--set", "vmid=108"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("vm/108 already exists (k3s-vm-still-fawn on still-fawn)"), "{err}");
+    let runs = lab.ok(&["workflow", "runs", "--all", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&runs).unwrap().as_array().unwrap().len(), 0, "nothing was stored");
+}

@@ -29,13 +29,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use labops_core::inventory::EntityKind;
 use labops_core::workflow::StepType;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::{Child, Command};
 
-use super::executor::{Compensation, Executor, RetryPolicy, RunStep, Started, StepCx, StepError, Verified};
+use super::executor::{Compensation, Executor, Ground, RetryPolicy, RunStep, Started, StepCx, StepError, Verified};
 
 /// What can go wrong checking or running a command.
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +265,14 @@ pub enum Operands {
         /// At most this many files (`uniq IN OUT` would write `OUT`).
         max: Option<usize>,
     },
+    /// The first operand is a Proxmox VE API path matching one of these patterns, where `*`
+    /// stands for one path segment (a node, a VMID, a storage); later operands are the values of
+    /// API parameters (`pvesh get /nodes/*/storage/*/content --content backup`).
+    ApiPaths(&'static [&'static str]),
+    /// Debian package names only (`prometheus-node-exporter`): no file paths, no `pkg=version`
+    /// or `pkg/release`, and not the `pkg-`/`pkg+` forms with which `apt-get` removes or installs
+    /// a package other than the command says.
+    Packages,
 }
 
 /// How a command from [`NODE_COMMANDS`] is undone when its run is rolled back.
@@ -273,11 +282,13 @@ pub enum Undo {
     Nothing,
     /// Undone by another allowlisted command built from this one: in `template`, `{N}` is the
     /// command's N-th operand after the subcommand (`zpool offline {1} {2}` undoes
-    /// `zpool online tank sdb`). With `options_allowed: false` the template applies only to the
-    /// plain form of the command (an option such as `zfs snapshot -r` changes what it acts on);
-    /// with `true`, options may follow the operands (Proxmox tools: `qm stop 100 --skiplock 1`).
+    /// `zpool online tank sdb`), and `{*}` all of them in order (`apt-get remove --yes {*}`
+    /// undoes `apt-get install a b --yes`). With `options_allowed: false` the template applies
+    /// only to the plain form of the command (an option such as `zfs snapshot -r` changes what it
+    /// acts on); with `true`, options may follow the operands (Proxmox tools:
+    /// `qm stop 100 --skiplock 1`).
     Command {
-        /// The undoing command, with `{N}` placeholders.
+        /// The undoing command, with `{N}` and `{*}` placeholders.
         template: &'static str,
         /// Whether options after the operands keep the template valid.
         options_allowed: bool,
@@ -387,6 +398,10 @@ const KERNEL_FILES: Operands = Operands::KernelFiles { pattern_first: false, max
 /// | `systemctl` | `status`, `is-active`, `is-enabled`, `is-failed`, `show`, `list-units` |
 /// | `journalctl` | reading options (`-u -b -n -p -k --since --until -o -g -r ...`), not `-f` |
 /// | `grep`, `head`, `tail`, `wc`, `sort`, `uniq` | standard input, or files under `/proc/` and `/sys/`; not `tail -f`, `sort -o`, `grep -r` |
+/// | `pvesh` | `get`, `ls` of the API paths in [`PVE_READ_PATHS`] (status, config and listings; no path that returns secrets or file contents) |
+/// | `pvecm` | `status`, `nodes` |
+/// | `pveversion` | `-v` |
+/// | `timedatectl` | `status`, `show` (not `-H`/`-M`: another host) |
 pub const READ_ONLY: &[AllowedCommand] = &[
     AllowedCommand::new("lsblk"),
     AllowedCommand {
@@ -490,6 +505,62 @@ pub const READ_ONLY: &[AllowedCommand] = &[
     AllowedCommand::new("echo"),
     AllowedCommand::new("true"),
     AllowedCommand::new("test"),
+    AllowedCommand {
+        value_options: &["--output-format"],
+        operands: Operands::ApiPaths(PVE_READ_PATHS),
+        ..AllowedCommand::subs("pvesh", &["get", "ls"], Undo::Nothing)
+    },
+    AllowedCommand { operands: Operands::Forbidden, ..AllowedCommand::subs("pvecm", &["status", "nodes"], Undo::Nothing) },
+    AllowedCommand { only_options: &["-v", "--verbose"], operands: Operands::Forbidden, ..AllowedCommand::new("pveversion") },
+    AllowedCommand {
+        value_options: &["-p", "--property", "-H", "--host", "-M", "--machine"],
+        refused_options: &["-H", "--host", "-M", "--machine"],
+        operands: Operands::Forbidden,
+        ..AllowedCommand::subs("timedatectl", &["status", "show"], Undo::Nothing)
+    },
+];
+
+/// The Proxmox VE API paths `pvesh get` may read in a `system-check` (`*`: one segment). Every
+/// GET in Proxmox VE is read-only, but some return secrets or file contents (the subscription
+/// key, ACME plugin credentials, files restored from a backup, `/access`), so only paths of
+/// status, configuration and listings are accepted. Guest configs are safe to read: Proxmox
+/// masks `cipassword`.
+pub const PVE_READ_PATHS: &[&str] = &[
+    "/version",
+    "/cluster/status",
+    "/cluster/resources",
+    "/cluster/tasks",
+    "/cluster/nextid",
+    "/cluster/backup",
+    "/cluster/backup/*",
+    "/cluster/backup/*/included_volumes",
+    "/cluster/backup-info/not-backed-up",
+    "/cluster/ha/status/current",
+    "/cluster/ha/resources",
+    "/cluster/replication",
+    "/nodes",
+    "/nodes/*/status",
+    "/nodes/*/version",
+    "/nodes/*/tasks",
+    "/nodes/*/tasks/*/status",
+    "/nodes/*/qemu",
+    "/nodes/*/qemu/*/status/current",
+    "/nodes/*/qemu/*/config",
+    "/nodes/*/qemu/*/pending",
+    "/nodes/*/qemu/*/snapshot",
+    "/nodes/*/lxc",
+    "/nodes/*/lxc/*/status/current",
+    "/nodes/*/lxc/*/config",
+    "/nodes/*/lxc/*/pending",
+    "/nodes/*/lxc/*/snapshot",
+    "/nodes/*/storage",
+    "/nodes/*/storage/*/status",
+    "/nodes/*/storage/*/content",
+    "/nodes/*/disks/list",
+    "/nodes/*/disks/zfs",
+    "/nodes/*/hardware/pci",
+    "/nodes/*/network",
+    "/nodes/*/services",
 ];
 
 /// The commands a `proxmox-task` may run on a node (its `commands` form), each with how it is
@@ -514,6 +585,9 @@ pub const READ_ONLY: &[AllowedCommand] = &[
 /// | `systemctl start`/`stop`, `enable`/`disable` | each other |
 /// | `pvesm add TYPE ID ...` | `pvesm remove ID` |
 /// | `pvesm set`, `remove` | needs the previous config: the step's `rollback` |
+/// | `vzdump` (safe options only: no `--remove`, `--prune-backups`, `--script`, `--dumpdir`, `--stop`) | irreversible |
+/// | `pvecm add` (not `--force`) | irreversible |
+/// | `apt-get install PKG... --yes` / `remove PKG... --yes` (package names only, safe options only) | each other |
 pub const NODE_COMMANDS: &[AllowedCommand] = &[
     AllowedCommand::subs("zpool", &["add"], Undo::Irreversible("a vdev added to a pool cannot be taken out on most pool layouts")),
     AllowedCommand::subs("zpool", &["create"], Undo::Irreversible("undoing it would destroy the new pool and everything written to it")),
@@ -553,7 +627,56 @@ pub const NODE_COMMANDS: &[AllowedCommand] = &[
     systemctl(&["restart", "reload"], Undo::Nothing),
     AllowedCommand::subs("pvesm", &["add"], undo_pve("pvesm remove {2}")),
     AllowedCommand::subs("pvesm", &["set", "remove"], Undo::NeedsPrevious("the previous storage configuration is not known")),
+    AllowedCommand {
+        value_options: VZDUMP_VALUE_OPTIONS,
+        only_options: VZDUMP_OPTIONS,
+        undo: Undo::Irreversible("a backup cannot be taken back; the storage's retention policy prunes it"),
+        ..AllowedCommand::new("vzdump")
+    },
+    AllowedCommand {
+        refused_options: &["--force"],
+        ..AllowedCommand::subs(
+            "pvecm",
+            &["add"],
+            Undo::Irreversible("a node leaves a cluster only by `pvecm delnode` on another node and a reinstall of this one"),
+        )
+    },
+    // Undone by each other. An install is undone by removing the packages even when they were
+    // there before the step: a step that may find them installed lists the command in
+    // `irreversible`, so a rollback leaves them.
+    AllowedCommand {
+        only_options: APT_OPTIONS,
+        operands: Operands::Packages,
+        ..AllowedCommand::subs("apt-get", &["install"], undo_pve("apt-get remove --yes {*}"))
+    },
+    AllowedCommand {
+        only_options: APT_OPTIONS,
+        operands: Operands::Packages,
+        ..AllowedCommand::subs("apt-get", &["remove"], undo_pve("apt-get install --yes {*}"))
+    },
 ];
+
+/// The `vzdump` options a node command may use: what to back up, where, and how; not those
+/// that delete backups (`--remove`, `--prune-backups`, `--maxfiles`), write elsewhere
+/// (`--dumpdir`, `--tmpdir`, `--stdout`), run a hook script (`--script`) or stop other backups
+/// (`--stop`).
+const VZDUMP_OPTIONS: &[&str] = &[
+    "--all", "--exclude", "--pool", "--node", "--storage", "--mode", "--compress", "--zstd", "--pigz", "--bwlimit", "--ionice",
+    "--lockwait", "--stopwait", "--notes-template", "--protected", "--quiet", "--mailto", "--mailnotification",
+    "--notification-mode", "--fleecing", "--performance", "--pbs-change-detection-mode",
+];
+
+/// The `vzdump` options that take their value in the next argument.
+const VZDUMP_VALUE_OPTIONS: &[&str] = &[
+    "--exclude", "--pool", "--node", "--storage", "--mode", "--compress", "--zstd", "--pigz", "--bwlimit", "--ionice", "--lockwait",
+    "--stopwait", "--notes-template", "--mailto", "--mailnotification", "--notification-mode", "--fleecing", "--performance",
+    "--pbs-change-detection-mode",
+];
+
+/// The `apt-get` options a node command may use: answer yes, be quiet, skip recommends. Not
+/// `-o` (it sets any apt option, hooks that run commands included) nor the `--allow-*` options
+/// that remove essential or held packages or downgrade.
+const APT_OPTIONS: &[&str] = &["-y", "--yes", "--assume-yes", "-q", "--quiet", "--no-install-recommends"];
 
 /// A list of allowed commands, and whether lines may pipe them together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -921,6 +1044,25 @@ fn check_args<'a>(entry: &AllowedCommand, args: &'a [String]) -> Result<Args<'a>
                 return Err(ArgError::Refused(format!("`{program}` takes no operand here (`{op}` was given): only its reading options are accepted")));
             }
         }
+        Operands::ApiPaths(patterns) => match out.operands.first() {
+            None => {
+                return Err(ArgError::Refused(format!("`{program}` needs the API path to read, like `{program} get /cluster/status`")));
+            }
+            Some(path) if !api_path_allowed(path, patterns) => {
+                return Err(ArgError::Refused(format!(
+                    "`{path}` is not an API path a check may read (paths that can return secrets or file contents are refused; write the path first, then its parameters); accepted: {}",
+                    patterns.join(", ")
+                )));
+            }
+            Some(_) => {}
+        },
+        Operands::Packages => {
+            if let Some(bad) = out.operands.iter().find(|p| !is_package_name(p)) {
+                return Err(ArgError::Refused(format!(
+                    "`{bad}` is not a Debian package name; `{program}` takes package names only (lowercase letters, digits, `+`, `-`, `.`; no paths, versions, releases, or a trailing `-`/`+`)"
+                )));
+            }
+        }
         Operands::KernelFiles { pattern_first, max } => {
             let skip = usize::from(pattern_first && !out.pattern_given);
             let files = out.operands.get(skip..).unwrap_or_default();
@@ -939,6 +1081,28 @@ fn check_args<'a>(entry: &AllowedCommand, args: &'a [String]) -> Result<Args<'a>
     Ok(out)
 }
 
+/// Whether `path` matches one of `patterns` segment by segment, `*` matching one segment that is
+/// not `.` or `..`.
+fn api_path_allowed(path: &str, patterns: &[&str]) -> bool {
+    let Some(rest) = path.strip_prefix('/') else { return false };
+    let segments: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('/').collect() };
+    if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
+        return false;
+    }
+    patterns.iter().any(|pattern| {
+        let wanted: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
+        wanted.len() == segments.len() && wanted.iter().zip(&segments).all(|(w, s)| *w == "*" || w == s)
+    })
+}
+
+/// A Debian package name (`[a-z0-9][a-z0-9+.-]*`) that `apt-get` reads as itself: not ending in
+/// `-` (remove it) or `+` (install it).
+fn is_package_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-".contains(&b))
+        && !name.ends_with(['-', '+'])
+}
+
 /// `-` (standard input), or an absolute path under `/proc/` or `/sys/` without `..`.
 fn is_kernel_file(path: &str) -> bool {
     path == "-" || (path.starts_with("/proc/") || path.starts_with("/sys/")) && !path.split('/').any(|c| c == "..")
@@ -953,6 +1117,13 @@ fn render_undo(entry: &AllowedCommand, args: &Args<'_>) -> Option<String> {
     let source = if options_allowed { &args.leading } else { &args.operands };
     let mut words = Vec::new();
     for word in template.split_whitespace() {
+        if word == "{*}" {
+            if source.is_empty() {
+                return None;
+            }
+            words.extend(source.iter().map(|s| s.to_string()));
+            continue;
+        }
         match word.strip_prefix('{').and_then(|w| w.strip_suffix('}')).and_then(|n| n.parse::<usize>().ok()) {
             Some(n) => words.push(source.get(n.checked_sub(1)?)?.to_string()),
             None => words.push(word.to_string()),
@@ -1598,6 +1769,11 @@ impl Executor for NodeCommands {
         step.str_field("node").map(str::trim).filter(|n| !n.is_empty()).map(|n| vec![format!("node/{n}")]).unwrap_or_default()
     }
 
+    fn grounding(&self, step: &RunStep) -> Vec<Ground> {
+        let node = step.str_field("node").map(str::trim).filter(|n| !n.is_empty());
+        node.map(|n| vec![Ground::Exists { field: "node".into(), name: n.into(), kinds: vec![EntityKind::ProxmoxNode] }]).unwrap_or_default()
+    }
+
     fn retry(&self) -> RetryPolicy {
         RetryPolicy::ONCE
     }
@@ -1885,8 +2061,118 @@ mod tests {
     fn every_default_undo_is_itself_allowlisted() {
         for entry in NODE_COMMANDS {
             let Undo::Command { template, .. } = entry.undo else { continue };
-            let line = template.replace("{1}", "a").replace("{2}", "b").replace("{3}", "c");
+            let line = template.replace("{1}", "a").replace("{2}", "b").replace("{3}", "c").replace("{*}", "a b");
             node(&line).unwrap_or_else(|e| panic!("the undo of {}: {e}", entry.describe()));
+        }
+    }
+
+    #[test]
+    fn pvesh_reads_status_config_and_listings_only() {
+        for line in [
+            "pvesh get /cluster/status --output-format json",
+            "pvesh get /cluster/backup/labops-nightly --output-format json",
+            "pvesh get /nodes/chief-horse/storage/homelab-backup/content --content backup --vmid 116 --output-format json",
+            "pvesh get /nodes/pumped-piglet/lxc/103/status/current",
+            "pvesh get /nodes/pve/qemu/107/config",
+            "pvesh ls /nodes",
+        ] {
+            read_only(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+        for (line, named) in [
+            ("pvesh create /cluster/backup --id x", "`pvesh get`, `pvesh ls`"),
+            ("pvesh set /nodes/pve/qemu/100/config --memory 1", "`pvesh get`, `pvesh ls`"),
+            ("pvesh delete /cluster/backup/x", "`pvesh get`, `pvesh ls`"),
+            ("pvesh get /nodes/pve/subscription", "`/nodes/pve/subscription` is not an API path"),
+            ("pvesh get /cluster/acme/plugins", "not an API path"),
+            ("pvesh get /access/users", "not an API path"),
+            ("pvesh get /nodes/pve/storage/pbs/file-restore/download --filepath /etc/shadow", "not an API path"),
+            ("pvesh get /nodes/../access/users/status", "not an API path"),
+            ("pvesh get /nodes//status", "not an API path"),
+            ("pvesh get nodes/pve/status", "not an API path"),
+            ("pvesh get --content backup /nodes/pve/storage/local/content", "write the path first"),
+            ("pvesh get", "needs the API path"),
+        ] {
+            let e = refusal(line);
+            assert!(e.contains(named), "`{line}`: {e}");
+        }
+    }
+
+    #[test]
+    fn cluster_version_and_clock_reads_are_read_only() {
+        for line in ["pvecm status", "pvecm nodes", "pveversion", "pveversion -v", "timedatectl show", "timedatectl status", "timedatectl show -p NTPSynchronized --value"] {
+            read_only(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+        for (line, named) in [
+            ("pvecm add 192.168.4.175", "`pvecm status`, `pvecm nodes`"),
+            ("pvecm delnode still-fawn", "`pvecm status`, `pvecm nodes`"),
+            ("pvecm expected 1", "`pvecm status`, `pvecm nodes`"),
+            ("pvecm status extra", "takes no operand"),
+            ("pveversion --help-me", "not accepted"),
+            ("timedatectl set-ntp false", "`timedatectl status`, `timedatectl show`"),
+            ("timedatectl set-time '2030-01-01'", "`timedatectl status`, `timedatectl show`"),
+            ("timedatectl -H other status", "`-H`"),
+        ] {
+            let e = refusal(line);
+            assert!(e.contains(named), "`{line}`: {e}");
+        }
+        // Reads stay off the node list, and the node list's mutating forms off the read-only one.
+        assert!(node("pvecm status").is_err());
+        assert!(read_only("vzdump 116 --storage homelab-backup").is_err());
+        assert!(read_only("apt-get install --yes htop").is_err());
+    }
+
+    #[test]
+    fn vzdump_backs_up_without_deleting_and_cannot_be_undone() {
+        let (undo, rendered) = undo_of("vzdump 116 --storage homelab-backup --mode snapshot");
+        assert!(matches!(undo, Undo::Irreversible(why) if why.contains("retention")), "{undo:?}");
+        assert_eq!(rendered, None);
+        node("vzdump 105 107 --storage homelab-backup --mode snapshot --compress zstd --notes-template 'first backup'").expect("safe options");
+        node("vzdump --all 1 --exclude 9000 --storage homelab-backup").expect("all guests");
+        for (line, named) in [
+            ("vzdump 116 --remove 1", "`--remove`"),
+            ("vzdump 116 --prune-backups keep-last=1", "`--prune-backups`"),
+            ("vzdump 116 --script /usr/local/bin/hook", "`--script`"),
+            ("vzdump 116 --dumpdir /etc", "`--dumpdir`"),
+            ("vzdump 116 --stdout 1", "`--stdout`"),
+            ("vzdump --stop 1", "`--stop`"),
+        ] {
+            let e = node(line).expect_err(line).to_string();
+            assert!(e.contains(named) && e.contains("not accepted"), "`{line}`: {e}");
+        }
+    }
+
+    #[test]
+    fn joining_a_cluster_is_irreversible_and_never_forced() {
+        let (undo, _) = undo_of("pvecm add 192.168.4.175 --use_ssh 1");
+        assert!(matches!(undo, Undo::Irreversible(why) if why.contains("delnode")), "{undo:?}");
+        let e = node("pvecm add 192.168.4.175 --force 1").expect_err("force").to_string();
+        assert!(e.contains("`--force`"), "{e}");
+        let e = node("pvecm delnode still-fawn").expect_err("not allowed").to_string();
+        assert!(e.contains("`pvecm add`"), "{e}");
+    }
+
+    #[test]
+    fn apt_installs_and_removes_packages_undoing_each_other() {
+        assert_eq!(
+            undo_of("apt-get install prometheus-node-exporter --yes").1.as_deref(),
+            Some("apt-get remove --yes prometheus-node-exporter")
+        );
+        assert_eq!(undo_of("apt-get install htop iotop -y").1.as_deref(), Some("apt-get remove --yes htop iotop"));
+        assert_eq!(undo_of("apt-get remove htop --yes").1.as_deref(), Some("apt-get install --yes htop"));
+        // Options before the packages hide them from the template: the step gives `rollback`.
+        assert_eq!(undo_of("apt-get install -y htop").1, None);
+        for (line, named) in [
+            ("apt-get install proxmox-ve- --yes", "`proxmox-ve-` is not a Debian package name"),
+            ("apt-get install ./evil.deb", "`./evil.deb` is not a Debian package name"),
+            ("apt-get install htop=3.2.2-2", "not a Debian package name"),
+            ("apt-get install -t bookworm-backports htop", "`-t`"),
+            ("apt-get install -o Dpkg::Pre-Invoke::=reboot htop", "`-o`"),
+            ("apt-get remove --allow-remove-essential bash", "`--allow-remove-essential`"),
+            ("apt-get purge htop", "`apt-get install`, `apt-get remove`"),
+            ("apt-get dist-upgrade", "`apt-get install`, `apt-get remove`"),
+        ] {
+            let e = node(line).expect_err(line).to_string();
+            assert!(e.contains(named), "`{line}`: {e}");
         }
     }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use labops_core::inventory::Inventory;
 use labops_core::workflow::{Availability, Plan};
 use labops_store::Store;
 use labops_store::runs::{NewEvent, RunHead, RunRecord, StepRecord, TERMINAL};
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::executor::{Compensation, Executor, Registry, RunStep, Started, StepCx, StepError, Verified};
+use super::executor::{Compensation, Executor, Ground, Registry, RunStep, Started, StepCx, StepError, Verified};
 use crate::lab::now_ms;
 
 /// Why a run could not be submitted, found, or acted on.
@@ -180,6 +181,13 @@ impl Engine {
     /// Checks that every step of `plan` can run here and stores a new run; returns its id.
     /// A run with mutating steps waits for approval; the others start at once when driven.
     pub async fn submit(&self, plan: &Plan, by: &str) -> Result<i64> {
+        self.submit_grounded(plan, by, None).await
+    }
+
+    /// [`Engine::submit`], first resolving every entity the steps name against `inventory`
+    /// (the live lab): an unknown or ambiguous name refuses the run with the real candidates, and
+    /// a guest a step would create must not exist yet.
+    pub async fn submit_grounded(&self, plan: &Plan, by: &str, inventory: Option<&Inventory>) -> Result<i64> {
         let plan_json = serde_json::to_value(plan).map_err(|e| RunError::Refused(format!("plan does not serialize: {e}")))?;
         let steps = plan_steps(&plan_json);
         let mut problems = Vec::new();
@@ -203,6 +211,9 @@ impl Engine {
                 )),
                 Some(e) => problems.extend(e.check(s).into_iter().map(|p| format!("step `{}`: {p}", s.name))),
             }
+        }
+        if let Some(inv) = inventory {
+            problems.extend(ground(&self.registry, &steps, inv));
         }
         if !problems.is_empty() {
             return Err(RunError::NotRunnable(problems));
@@ -377,6 +388,46 @@ impl Engine {
             }
         }
     }
+}
+
+/// Resolves what each step names; every problem, one sentence each.
+fn ground(registry: &Registry, steps: &[RunStep], inv: &Inventory) -> Vec<String> {
+    let grounds: Vec<(&RunStep, Ground)> = steps
+        .iter()
+        .filter_map(|s| registry.get(&s.step_type).map(|e| (s, e)))
+        .flat_map(|(s, e)| e.grounding(s).into_iter().map(move |g| (s, g)))
+        .collect();
+    let made: HashSet<&str> = grounds
+        .iter()
+        .filter_map(|(_, g)| match g {
+            Ground::Makes { id, .. } => Some(id.as_str()),
+            Ground::Exists { .. } => None,
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for (s, g) in &grounds {
+        match g {
+            Ground::Exists { name, .. } if made.contains(name.as_str()) => {}
+            Ground::Exists { field, name, kinds } => {
+                if let Err(e) = inv.resolve(name, kinds) {
+                    problems.push(format!("step `{}`: `{field}`: {e}", s.name));
+                }
+            }
+            Ground::Makes { field, id } => {
+                if let Some(e) = inv.get(id) {
+                    problems.push(format!(
+                        "step `{}`: `{field}`: {id} already exists ({} on {}); pick a free one",
+                        s.name,
+                        e.name,
+                        e.node.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+        }
+    }
+    problems.sort();
+    problems.dedup();
+    problems
 }
 
 fn integration_hint(step_type: &str) -> &'static str {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use labops_core::inventory::EntityKind;
 use labops_core::workflow::StepType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -189,6 +190,28 @@ impl RetryPolicy {
     }
 }
 
+/// A lab entity a step names, to be resolved against the live inventory before the run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ground {
+    /// `field` names an entity that must exist, of one of `kinds` (any kind when empty).
+    Exists {
+        /// The step field that names it (`node`, `vmid`, `host`).
+        field: String,
+        /// The name as written.
+        name: String,
+        /// The kinds it may be.
+        kinds: Vec<EntityKind>,
+    },
+    /// The step makes the entity with this inventory id (`vm/9100`): it must not exist yet,
+    /// and later steps of the run may name it.
+    Makes {
+        /// The step field that names it.
+        field: String,
+        /// Its inventory id.
+        id: String,
+    },
+}
+
 /// One step type's executor.
 #[async_trait]
 pub trait Executor: Send + Sync {
@@ -204,6 +227,12 @@ pub trait Executor: Send + Sync {
     /// The entities the step changes (`vm/100`, `node/pve1`, `git:/path`, `k8s:ns/kind/name`):
     /// a run holds a lock on each from its start to its end.
     fn targets(&self, _step: &RunStep) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The lab entities the step names (see [`Ground`]); the engine resolves them against the
+    /// live inventory at submit time, so a typo never reaches a host or an API.
+    fn grounding(&self, _step: &RunStep) -> Vec<Ground> {
         Vec::new()
     }
 

@@ -19,4 +19,4 @@ pub mod proxmox;
 pub mod system;
 
 pub use driver::{CrashPoint, Driven, Engine, RunError, RunStatus};
-pub use executor::{Compensation, Executor, Registry, RetryPolicy, RunStep, Started, StepCx, StepError, Verified};
+pub use executor::{Compensation, Executor, Ground, Registry, RetryPolicy, RunStep, Started, StepCx, StepError, Verified};

@@ -73,13 +73,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use labops_core::inventory::ids;
+use labops_core::inventory::{EntityKind, ids};
 use labops_core::workflow::{StepType, step_type};
 use labops_integrations::proxmox::{self, ApiCall, CLUSTER_RESOURCES, Client, GuestCalls, LXC, QEMU, TASK_STATUS};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::executor::{Compensation, Executor, RetryPolicy, RunStep, Started, StepCx, StepError, Verified};
+use super::executor::{Compensation, Executor, Ground, RetryPolicy, RunStep, Started, StepCx, StepError, Verified};
 
 /// How long one Proxmox task may run before the attempt gives up on it, unless
 /// [`ProxmoxTask::with_task_timeout`] says otherwise.
@@ -400,6 +400,31 @@ impl Plan {
                 if !out.contains(&id) {
                     out.push(id);
                 }
+            }
+        }
+        out
+    }
+
+    /// What the step names in the lab: the nodes, the guests it acts on (which must exist,
+    /// unless an earlier action or step makes them), and the guests it makes (which must not).
+    fn grounding(&self) -> Vec<Ground> {
+        let kinds = |k: Kind| vec![if k == Kind::Qemu { EntityKind::Vm } else { EntityKind::Lxc }];
+        let node = |name: &str| Ground::Exists { field: "node".into(), name: name.into(), kinds: vec![EntityKind::ProxmoxNode] };
+        let mut out = Vec::new();
+        for a in &self.actions {
+            out.push(node(&a.guest.node));
+            match &a.op {
+                Op::Create { .. } => out.push(Ground::Makes { field: "vmid".into(), id: a.guest.kind.id(a.guest.vmid) }),
+                Op::Clone { target, .. } => {
+                    out.push(Ground::Exists { field: "vmid".into(), name: a.guest.kind.id(a.guest.vmid), kinds: kinds(a.guest.kind) });
+                    out.push(Ground::Makes { field: "newid".into(), id: a.changed().kind.id(a.changed().vmid) });
+                    out.extend(target.as_deref().map(|t| Ground::Exists { field: "target".into(), name: t.into(), kinds: vec![EntityKind::ProxmoxNode] }));
+                }
+                Op::Migrate { target } => {
+                    out.push(Ground::Exists { field: "vmid".into(), name: a.guest.kind.id(a.guest.vmid), kinds: kinds(a.guest.kind) });
+                    out.push(Ground::Exists { field: "target".into(), name: target.clone(), kinds: vec![EntityKind::ProxmoxNode] });
+                }
+                _ => out.push(Ground::Exists { field: "vmid".into(), name: a.guest.kind.id(a.guest.vmid), kinds: kinds(a.guest.kind) }),
             }
         }
         out
@@ -1709,6 +1734,14 @@ impl Executor for ProxmoxTask {
                 None => vec![NO_SSH.to_string()],
             },
             Ok(Form::Actions) => Plan::parse(step, &format!("run-0/{}", step.name)).err().unwrap_or_default(),
+        }
+    }
+
+    fn grounding(&self, step: &RunStep) -> Vec<Ground> {
+        match form(step) {
+            Ok(Form::Commands) => self.node_commands.as_ref().map(|c| c.grounding(step)).unwrap_or_default(),
+            Ok(Form::Actions) => Plan::parse(step, &format!("run-0/{}", step.name)).map(|p| p.grounding()).unwrap_or_default(),
+            Err(_) => Vec::new(),
         }
     }
 

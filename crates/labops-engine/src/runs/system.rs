@@ -36,12 +36,13 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use labops_core::inventory::EntityKind;
 use labops_core::workflow::StepType;
 use regex::{Regex, RegexBuilder};
 use serde_json::{Value, json};
 
 use super::commands::{Allowlist, CommandOutput, CommandRunner, Pipeline, Target, declared};
-use super::executor::{Executor, RetryPolicy, RunStep, Started, StepCx, StepError, Verified};
+use super::executor::{Executor, Ground, RetryPolicy, RunStep, Started, StepCx, StepError, Verified};
 
 /// Bytes of each output shown in a failure message.
 const SHOWN_OUTPUT: usize = 1024;
@@ -260,6 +261,14 @@ impl Executor for SystemCheck {
 
     fn check(&self, step: &RunStep) -> Vec<String> {
         self.plan(step).err().unwrap_or_default()
+    }
+
+    fn grounding(&self, step: &RunStep) -> Vec<Ground> {
+        // A remote host must be a machine the lab knows: a Proxmox node, a guest, a Kubernetes
+        // node, or one of `[[hosts]]`.
+        let host = step.str_field("host").map(str::trim).filter(|h| !h.is_empty() && *h != "localhost");
+        let kinds = vec![EntityKind::Host, EntityKind::ProxmoxNode, EntityKind::Vm, EntityKind::Lxc, EntityKind::K8sNode];
+        host.map(|h| vec![Ground::Exists { field: "host".into(), name: h.into(), kinds }]).unwrap_or_default()
     }
 
     fn retry(&self) -> RetryPolicy {
