@@ -220,7 +220,7 @@ async fn check_reports_what_cannot_run() {
         [
             "ConfigMap x in `manifests` is in namespace `other`, but the step's `namespace` is `apps`; drop one of them",
             "`wait_for_rollout` must be true or false, not \"maybe\"",
-            "`rollout_timeout` is \"soon\"; write seconds (`300`) or a duration like `90s`, `5m` or `1h`",
+            "`rollout_timeout` is \"soon\"; write seconds (`300`) or a duration like `90s`, `5m`, `2h` or `7d`",
         ]
     );
     let paths = deploy.check(&step("kubernetes-deployment", json!({"manifests": ["gitops/apps/web/"]})));

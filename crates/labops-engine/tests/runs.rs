@@ -151,13 +151,15 @@ async fn a_failure_after_retries_rolls_back_completed_steps_in_reverse() {
 #[tokio::test]
 async fn a_human_step_waits_and_its_answer_carries_the_run() {
     let (_d, e, rec) = engine().await;
-    let steps = "    - name: buy-disk\n      type: external-task\n      instructions: Buy a 2TB NVMe\n      waitForHuman: true\n".to_string() + &pve("use-disk", "buy-disk");
+    let steps = "    - name: buy-disk\n      type: external-task\n      instructions: Buy a 2TB NVMe\n      waitForHuman: true\n      form: {serial: the disk's serial number}\n".to_string() + &pve("use-disk", "buy-disk");
     let id = e.submit(&plan(&steps), "t").await.unwrap();
     e.approve(id, "ann").await.unwrap();
     let Driven::Waiting { reasons } = e.drive(id).await.unwrap() else { panic!() };
     assert!(reasons[0].contains("Buy a 2TB NVMe") && reasons[0].contains("complete-step"), "{reasons:?}");
     assert!(e.complete_step(id, "use-disk", Ok(json!({})), "ann").await.unwrap_err().to_string().contains("not waiting"));
     assert!(e.complete_step(id, "nope", Ok(json!({})), "ann").await.unwrap_err().to_string().contains("its steps: buy-disk, use-disk"));
+    let err = e.complete_step(id, "buy-disk", Ok(json!({"slot": 2})), "ann").await.unwrap_err().to_string();
+    assert!(err.contains("asks for serial (the disk's serial number)"), "{err}");
     e.complete_step(id, "buy-disk", Ok(json!({"serial": "S4EV"})), "ann").await.unwrap();
     assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "succeeded".into() });
     assert_eq!(rec.log(), ["do use-disk"]);
@@ -183,6 +185,22 @@ async fn a_human_failing_a_step_rolls_back_and_cancel_undoes_too() {
     assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "cancelled".into() });
     assert_eq!(rec.log()[2..], ["do prep", "undo prep"]);
     assert!(e.cancel(id, "bob").await.is_err(), "an ended run cannot be cancelled");
+}
+
+#[tokio::test]
+async fn a_human_step_nobody_completes_in_time_fails_the_run() {
+    let (_d, e, rec) = engine().await;
+    let steps = pve("prep", "") + "    - name: check\n      type: external-task\n      dependencies: [prep]\n      timeout: 200ms\n";
+    let id = e.submit(&plan(&steps), "t").await.unwrap();
+    e.approve(id, "ann").await.unwrap();
+    assert!(matches!(e.drive(id).await.unwrap(), Driven::Waiting { .. }));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "rolled_back".into() });
+    assert_eq!(rec.log(), ["do prep", "undo prep"]);
+    let report = e.status(id).await.unwrap().run.report.unwrap();
+    assert!(report["reason"].as_str().unwrap().contains("within its timeout (\"200ms\")"), "{report}");
+    let bad = pve("prep", "") + "    - name: check\n      type: external-task\n      dependencies: [prep]\n      timeout: soon\n";
+    assert!(e.submit(&plan(&bad), "t").await.unwrap_err().to_string().contains("`timeout` is \"soon\""));
 }
 
 #[tokio::test]

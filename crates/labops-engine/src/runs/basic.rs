@@ -1,15 +1,17 @@
 //! The two step types that need nothing outside labops:
 //!
 //! - `external-task`: waits for a human (buy a disk, install it, flip a BIOS switch). The step
-//!   shows its `instructions` (and `procurement_details`, `form`); the human marks it done, with
-//!   form data, or failed, with a reason (`labops workflow complete-step`).
+//!   shows its `instructions` (and `procurement_details`); the human marks it done, with the
+//!   fields its `form` asks for (`serial: the disk's serial number`), or failed, with a reason
+//!   (`labops workflow complete-step`). With `timeout` (`7d`, `12h`), a step nobody completes in
+//!   time fails and the run rolls back.
 //! - `milestone`: does nothing; joins branches or names a phase.
 
 use async_trait::async_trait;
 use labops_core::workflow::{StepType, step_type};
 use serde_json::{Value, json};
 
-use super::executor::{Executor, RetryPolicy, Started, StepCx, StepError, Verified};
+use super::executor::{Executor, RetryPolicy, RunStep, Started, StepCx, StepError, Verified, parse_duration};
 
 /// `external-task`: a step a human does.
 #[derive(Debug, Default, Clone, Copy)]
@@ -23,6 +25,19 @@ impl Executor for ExternalTask {
 
     fn retry(&self) -> RetryPolicy {
         RetryPolicy::ONCE
+    }
+
+    fn check(&self, step: &RunStep) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(t) = step.fields.get("timeout") {
+            problems.extend(parse_duration("timeout", t).err());
+        }
+        if let Some(f) = step.fields.get("form") {
+            if !f.is_object() {
+                problems.push("`form` must map each field the human fills in to what it is (`serial: the disk's serial number`)".into());
+            }
+        }
+        problems
     }
 
     async fn execute(&self, cx: &StepCx, _intent: &Value) -> Result<Started, StepError> {

@@ -252,6 +252,28 @@ impl Engine {
 
     /// A human marks a waiting step done (with data) or failed (with a reason).
     pub async fn complete_step(&self, id: i64, step: &str, result: std::result::Result<Value, String>, actor: &str) -> Result<()> {
+        // A step with a `form` (field name -> what to enter) needs every field when it is done.
+        if let Ok(data) = &result {
+            let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
+            let form = plan_steps(&run.plan).into_iter().find(|s| s.name == step).and_then(|s| s.fields.get("form").cloned());
+            if let Some(Value::Object(form)) = form {
+                let missing: Vec<String> = form
+                    .iter()
+                    .filter(|(k, _)| data.get(k.as_str()).is_none_or(Value::is_null))
+                    .map(|(k, v)| match v.as_str() {
+                        Some(what) => format!("{k} ({what})"),
+                        None => k.clone(),
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(RunError::Refused(format!(
+                        "step `{step}` asks for {}; pass them with --data '{{\"{}\": ...}}'",
+                        missing.join(", "),
+                        form.keys().next().map(String::as_str).unwrap_or("field")
+                    )));
+                }
+            }
+        }
         let now = now_ms();
         let from = ["waiting_human"];
         let written = match &result {
@@ -519,6 +541,20 @@ impl<'a> RunDriver<'a> {
                 return Ok(Driven::Waiting {
                     reasons: vec![format!("approval: it changes the lab; a human approves it with `labops workflow approve {}`", self.id)],
                 });
+            }
+            // A human step with a `timeout` that nobody completed in time fails.
+            let mut expired = false;
+            for r in recs.iter().filter(|r| r.state == "waiting_human") {
+                let Some(timeout) = self.steps.get(&r.name).and_then(|s| s.fields.get("timeout")) else { continue };
+                let Ok(limit) = super::executor::parse_duration("timeout", timeout) else { continue };
+                if now_ms() - r.started_ms.unwrap_or(now_ms()) > limit.as_millis() as i64 {
+                    let why = format!("nobody completed it within its timeout ({timeout})");
+                    let ev = NewEvent::step(&r.name, "step_failed", json!({"error": why, "timeout": true}));
+                    expired |= store.human_step(self.id, &r.name, &["waiting_human"], "failed", None, Some(&why), now_ms(), &ev).await?;
+                }
+            }
+            if expired {
+                continue;
             }
             let failed = recs.iter().find(|r| r.state == "failed");
             if run.cancel_requested.is_some() || failed.is_some() || run.state == "rolling_back" {

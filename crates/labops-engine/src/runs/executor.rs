@@ -24,6 +24,44 @@ use labops_core::workflow::StepType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Reads a duration field: seconds as a number, or `90s`, `5m`, `1h30m`, `7d`.
+pub fn parse_duration(field: &str, v: &Value) -> Result<Duration, String> {
+    let bad = || format!("`{field}` is {v}; write seconds (`300`) or a duration like `90s`, `5m`, `2h` or `7d`");
+    let seconds = match v {
+        Value::Number(n) => n.as_f64().ok_or_else(bad)?,
+        Value::String(s) => {
+            let s = s.trim();
+            match s.parse::<f64>() {
+                Ok(n) => n,
+                Err(_) => {
+                    let mut total = 0.0;
+                    let mut rest = s;
+                    while !rest.is_empty() {
+                        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+                        let n: f64 = rest[..digits].parse().map_err(|_| bad())?;
+                        let unit_end = rest[digits..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| digits + i);
+                        total += n * match &rest[digits..unit_end] {
+                            "d" => 86_400.0,
+                            "h" => 3600.0,
+                            "m" => 60.0,
+                            "s" => 1.0,
+                            "ms" => 0.001,
+                            _ => return Err(bad()),
+                        };
+                        rest = &rest[unit_end..];
+                    }
+                    total
+                }
+            }
+        }
+        _ => return Err(bad()),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 366.0 * 86_400.0 {
+        return Err(format!("`{field}` must be more than 0 and at most a year, not {v}"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 /// A step as the engine runs it: the planned step, parameters already bound.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunStep {
@@ -299,6 +337,16 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_owners_write_them() {
+        let d = |v: Value| parse_duration("timeout", &v);
+        assert_eq!(d(Value::from(90)), Ok(Duration::from_secs(90)));
+        assert_eq!(d(Value::from("1h30m")), Ok(Duration::from_secs(5400)));
+        assert_eq!(d(Value::from("7d")), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(d(Value::from("soon")).unwrap_err().contains("`timeout` is \"soon\""));
+        assert!(d(Value::from(0)).is_err());
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {

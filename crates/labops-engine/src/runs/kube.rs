@@ -338,40 +338,13 @@ pub fn quantity(v: &Value) -> Option<f64> {
     Some(n * multiplier).filter(|q| q.is_finite() && *q >= 0.0)
 }
 
-/// `rollout_timeout`: seconds as a number, or `90`, `90s`, `5m`, `1h`, `1m30s`.
+/// `rollout_timeout`: seconds as a number, or `90`, `90s`, `5m`, `1h`, `1m30s`; at most 24h.
 fn parse_timeout(v: &Value) -> Result<Duration, String> {
-    let bad = || format!("`rollout_timeout` is {v}; write seconds (`300`) or a duration like `90s`, `5m` or `1h`");
-    let seconds = match v {
-        Value::Number(n) => n.as_f64().ok_or_else(bad)?,
-        Value::String(s) => {
-            let s = s.trim();
-            if let Ok(n) = s.parse::<f64>() {
-                n
-            } else {
-                let mut total = 0.0;
-                let mut rest = s;
-                while !rest.is_empty() {
-                    let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
-                    let n: f64 = rest[..digits].parse().map_err(|_| bad())?;
-                    let unit_end = rest[digits..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| digits + i);
-                    total += n * match &rest[digits..unit_end] {
-                        "h" => 3600.0,
-                        "m" => 60.0,
-                        "s" => 1.0,
-                        "ms" => 0.001,
-                        _ => return Err(bad()),
-                    };
-                    rest = &rest[unit_end..];
-                }
-                total
-            }
-        }
-        _ => return Err(bad()),
-    };
-    if seconds.is_nan() || seconds <= 0.0 || seconds > MAX_ROLLOUT_TIMEOUT.as_secs_f64() {
+    let d = super::executor::parse_duration("rollout_timeout", v)?;
+    if d > MAX_ROLLOUT_TIMEOUT {
         return Err(format!("`rollout_timeout` must be more than 0 and at most 24h, not {v}"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(d)
 }
 
 /// The step waits for rollouts unless `wait_for_rollout` is false.
