@@ -72,7 +72,9 @@ async fn report(engine: &Engine, id: i64, driven: &Driven, json_out: bool) -> an
                     println!("  - {r}");
                 }
             }
-            Driven::Busy { owner } => println!("run {id} is driven by another labops process ({owner}); follow it with `labops workflow status {id}`"),
+            Driven::Busy { owner } => println!(
+                "run {id} is driven by another labops process ({owner}), which picks this up; follow it with `labops workflow status {id} --follow` (if that process is gone, `labops workflow resume {id}` after 5 s)"
+            ),
         }
         if let Some(r) = &status.run.report {
             print_report(r);
