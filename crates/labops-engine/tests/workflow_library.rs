@@ -9,7 +9,9 @@
 //!
 //! No step runs: `submit` only checks. The executors point at nothing that answers (a loopback
 //! port for Proxmox, an empty fake API server for Kubernetes, an empty git repository), which is
-//! enough, since checks send no request.
+//! enough, since checks send no request. What the steps name (nodes, guests, storage, hosts) is
+//! resolved against the inventory of the reference homelab, served by a real fakepve, as
+//! `labops workflow run` resolves it against the live lab.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,17 +29,53 @@ use labops_engine::runs::{Engine, Executor, Registry, RunError};
 use labops_integrations::proxmox::{Auth, Client, Settings};
 use labops_integrations::{Secret, TlsTrust};
 use labops_store::Store;
+use labops_core::inventory::Inventory;
 use labops_testkit::FakeKube;
+use labops_testkit::fakepve::FakePve;
+
+/// The reference homelab's inventory, read from a fakepve serving it.
+async fn reference_inventory(pve: &FakePve) -> Inventory {
+    labops_integrations::install_crypto_provider();
+    let client = Client::new(Settings {
+        url: pve.url.clone(),
+        auth: Auth::Token { id: "root@pam!labops".into(), secret: Secret::new("token-secret-for-tests") },
+        tls: TlsTrust::Ca(std::fs::read(&pve.cafile).expect("fakepve's CA")),
+        timeout: Duration::from_secs(10),
+        concurrency: 4,
+    })
+    .expect("client");
+    let fetched = client.fetch().await.expect("the reference lab answers");
+    let (part, _) = labops_integrations::proxmox::to_part(&fetched);
+    // The machine the onboarding template joins to the cluster, declared in `[[hosts]]` first
+    // as that template's header asks.
+    let mut hosts = labops_core::inventory::Part::default();
+    hosts.entities.push(labops_core::inventory::Entity::new(
+        labops_core::inventory::EntityKind::Host,
+        labops_core::inventory::ids::host("quiet-heron"),
+        "quiet-heron",
+        "unknown",
+        "config",
+    ));
+    Inventory::build([part, hosts])
+}
 
 /// Steps of the library that cannot run as the template is written, on purpose: (template,
 /// step, a fragment of the refusal, why it stays).
-const KNOWN_UNRUNNABLE: &[(&str, &str, &str, &str)] = &[(
+const KNOWN_UNRUNNABLE: &[(&str, &str, &str, &str)] = &[
+    (
+        "proxmox-node-onboarding",
+        "k3s-vm",
+        "no vm is named \"vm/9000\"",
+        "the reference homelab has no VM template to clone; a real lab sets k3s_template to its own",
+    ),
+    (
     "homelab-service-template",
     "k3s-deployment",
     "`manifests` is missing",
     "the owner's design document gives the service deployment no manifests: each service brings its own, \
      and giving them one would rewrite the owner's template",
-)];
+    ),
+];
 
 /// The repository's `workflows/` directory.
 fn library() -> PathBuf {
@@ -125,6 +163,8 @@ async fn every_template_passes_the_submit_check_with_its_values() {
     let client = kube_client(&kube, dir.path()).await;
     let store = Store::open(&dir.path().join("labops.db")).await.expect("store");
     let engine = Engine::new(store, registry(client, &repository), 4, 2);
+    let pve = FakePve::reference();
+    let inventory = reference_inventory(&pve).await;
 
     let files = templates();
     assert!(files.len() >= 7, "workflows/ holds the shipped templates: {files:?}");
@@ -140,7 +180,7 @@ async fn every_template_passes_the_submit_check_with_its_values() {
             .map(|s| (s.name.clone(), s.step_type.clone()))
             .collect();
         let known: Vec<&(&str, &str, &str, &str)> = KNOWN_UNRUNNABLE.iter().filter(|k| k.0 == name).collect();
-        match engine.submit(&plan, "test").await {
+        match engine.submit_grounded(&plan, "test", Some(&inventory)).await {
             Ok(id) => {
                 let run = engine.status(id).await.expect("the submitted run is stored");
                 assert_eq!(run.run.workflow, plan.workflow, "{name}");

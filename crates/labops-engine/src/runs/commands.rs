@@ -1771,7 +1771,9 @@ impl Executor for NodeCommands {
 
     fn grounding(&self, step: &RunStep) -> Vec<Ground> {
         let node = step.str_field("node").map(str::trim).filter(|n| !n.is_empty());
-        node.map(|n| vec![Ground::Exists { field: "node".into(), name: n.into(), kinds: vec![EntityKind::ProxmoxNode] }]).unwrap_or_default()
+        // A Proxmox node, or a machine declared in `[[hosts]]` that is about to become one.
+        let kinds = vec![EntityKind::ProxmoxNode, EntityKind::Host];
+        node.map(|n| vec![Ground::Exists { field: "node".into(), name: n.into(), kinds }]).unwrap_or_default()
     }
 
     fn retry(&self) -> RetryPolicy {

@@ -364,6 +364,20 @@ fn default_snapname(idem_key: &str, nth: usize) -> String {
     name
 }
 
+/// The storage a disk setting allocates on (`local-lvm` in `scsi0: local-lvm:4,ssd=1`), if the
+/// key is a disk and its value names a storage (not `none`, a CD-ROM or a path).
+fn disk_storage<'a>(key: &str, value: &'a str) -> Option<&'a str> {
+    let prefix = key.trim_end_matches(|c: char| c.is_ascii_digit());
+    let disk = matches!(prefix, "scsi" | "virtio" | "sata" | "ide" | "efidisk" | "tpmstate" | "mp") && prefix.len() < key.len();
+    if !(disk || key == "rootfs") {
+        return None;
+    }
+    let (storage, rest) = value.split_once(':')?;
+    let storage = storage.trim();
+    let plain = !storage.is_empty() && storage.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    (plain && !rest.starts_with("cdrom") && storage != "none").then_some(storage)
+}
+
 /// The mark labops leaves in the notes of what a step makes (the guest's description, the
 /// snapshot's), so a later attempt of the same step recognises its own work and compensation
 /// never destroys a guest it did not make.
@@ -409,20 +423,32 @@ impl Plan {
     /// unless an earlier action or step makes them), and the guests it makes (which must not).
     fn grounding(&self) -> Vec<Ground> {
         let kinds = |k: Kind| vec![if k == Kind::Qemu { EntityKind::Vm } else { EntityKind::Lxc }];
-        let node = |name: &str| Ground::Exists { field: "node".into(), name: name.into(), kinds: vec![EntityKind::ProxmoxNode] };
+        // Nodes are Proxmox nodes, or machines declared in `[[hosts]]` that an earlier step
+        // joins to the cluster (the API refuses them at run time if it did not).
+        let nodes = || vec![EntityKind::ProxmoxNode, EntityKind::Host];
+        let node = |name: &str| Ground::Exists { field: "node".into(), name: name.into(), kinds: nodes() };
         let mut out = Vec::new();
         for a in &self.actions {
             out.push(node(&a.guest.node));
             match &a.op {
-                Op::Create { .. } => out.push(Ground::Makes { field: "vmid".into(), id: a.guest.kind.id(a.guest.vmid) }),
+                Op::Create { params } => {
+                    out.push(Ground::Makes { field: "vmid".into(), id: a.guest.kind.id(a.guest.vmid) });
+                    // Disks name their storage: `scsi0: local-lvm:4`, `rootfs: local-lvm:8`.
+                    for (key, value) in params {
+                        if let Some(storage) = disk_storage(key, value) {
+                            let name = format!("{}/{storage}", a.guest.node);
+                            out.push(Ground::Exists { field: format!("guest.{key}"), name, kinds: vec![EntityKind::Storage] });
+                        }
+                    }
+                }
                 Op::Clone { target, .. } => {
                     out.push(Ground::Exists { field: "vmid".into(), name: a.guest.kind.id(a.guest.vmid), kinds: kinds(a.guest.kind) });
                     out.push(Ground::Makes { field: "newid".into(), id: a.changed().kind.id(a.changed().vmid) });
-                    out.extend(target.as_deref().map(|t| Ground::Exists { field: "target".into(), name: t.into(), kinds: vec![EntityKind::ProxmoxNode] }));
+                    out.extend(target.as_deref().map(|t| Ground::Exists { field: "target".into(), name: t.into(), kinds: nodes() }));
                 }
                 Op::Migrate { target } => {
                     out.push(Ground::Exists { field: "vmid".into(), name: a.guest.kind.id(a.guest.vmid), kinds: kinds(a.guest.kind) });
-                    out.push(Ground::Exists { field: "target".into(), name: target.clone(), kinds: vec![EntityKind::ProxmoxNode] });
+                    out.push(Ground::Exists { field: "target".into(), name: target.clone(), kinds: nodes() });
                 }
                 _ => out.push(Ground::Exists { field: "vmid".into(), name: a.guest.kind.id(a.guest.vmid), kinds: kinds(a.guest.kind) }),
             }
@@ -1905,6 +1931,22 @@ impl Executor for ProxmoxTask {
         } else {
             Compensation::Undone(undone.join("; "))
         })
+    }
+}
+
+#[cfg(test)]
+mod grounding_tests {
+    use super::disk_storage;
+
+    #[test]
+    fn disks_name_their_storage() {
+        assert_eq!(disk_storage("scsi0", "local-lvm:4,ssd=1"), Some("local-lvm"));
+        assert_eq!(disk_storage("rootfs", "local-zfs:8"), Some("local-zfs"));
+        assert_eq!(disk_storage("ide2", "none,media=cdrom"), None);
+        assert_eq!(disk_storage("ide2", "local:iso/debian.iso,media=cdrom"), Some("local"));
+        assert_eq!(disk_storage("memory", "2048"), None);
+        assert_eq!(disk_storage("scsi", "local:4"), None, "a disk key has a number");
+        assert_eq!(disk_storage("mp0", "/mnt/data,mp=/data"), None);
     }
 }
 

@@ -265,8 +265,12 @@ impl Executor for SystemCheck {
 
     fn grounding(&self, step: &RunStep) -> Vec<Ground> {
         // A remote host must be a machine the lab knows: a Proxmox node, a guest, a Kubernetes
-        // node, or one of `[[hosts]]`.
-        let host = step.str_field("host").map(str::trim).filter(|h| !h.is_empty() && *h != "localhost");
+        // node, or one of `[[hosts]]`; or an IP address.
+        // An IP address is written out by the owner, not a name to resolve.
+        let host = step
+            .str_field("host")
+            .map(str::trim)
+            .filter(|h| !h.is_empty() && *h != "localhost" && h.parse::<std::net::IpAddr>().is_err());
         let kinds = vec![EntityKind::Host, EntityKind::ProxmoxNode, EntityKind::Vm, EntityKind::Lxc, EntityKind::K8sNode];
         host.map(|h| vec![Ground::Exists { field: "host".into(), name: h.into(), kinds }]).unwrap_or_default()
     }
