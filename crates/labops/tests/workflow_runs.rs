@@ -345,7 +345,7 @@ fn a_run_naming_what_the_lab_does_not_have_is_refused_with_the_real_names() {
     let out = lab.labops(&["workflow", "run", typo.to_str().unwrap(), "--set", "vmid=9300"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("step `create-vm`: `node`: no proxmox_node is named \"still-fawm\"") && err.contains("still-fawn"), "{err}");
+    assert!(err.contains("step `create-vm`: `node`: no proxmox_node or host is named \"still-fawm\"") && err.contains("still-fawn"), "{err}");
     let out = lab.labops(&["workflow", "run", lab.workflow.to_str().unwrap(), "--set", "vmid=108"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
