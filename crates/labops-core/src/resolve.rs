@@ -122,32 +122,28 @@ impl Inventory {
         };
 
         // 1. An id.
-        if let Some(i) = self.index_of(q) {
-            if let Some(r) = pick(vec![i]) {
+        if let Some(i) = self.index_of(q)
+            && let Some(r) = pick(vec![i]) {
                 return r;
             }
-        }
         // 2. kind/name.
-        if let Some((kind, rest)) = q.split_once('/') {
-            if let Some(kind) = EntityKind::parse(kind) {
-                if kinds.is_empty() || kinds.contains(&kind) {
+        if let Some((kind, rest)) = q.split_once('/')
+            && let Some(kind) = EntityKind::parse(kind)
+                && (kinds.is_empty() || kinds.contains(&kind)) {
                     let sub = self.resolve(rest, &[kind]);
                     if !matches!(sub, Err(ResolveError::Unknown { .. })) {
                         return sub;
                     }
                 }
-            }
-        }
         // 3. A VMID, written as PVE writes it (no sign, no leading zero).
-        if let Some(vmid) = q.parse::<u32>().ok().filter(|v| v.to_string() == q) {
-            if let Some(r) = pick(self.by_vmid(vmid).to_vec()) {
+        if let Some(vmid) = q.parse::<u32>().ok().filter(|v| v.to_string() == q)
+            && let Some(r) = pick(self.by_vmid(vmid).to_vec()) {
                 return r;
             }
-        }
         let lower = q.to_lowercase();
         // 4. namespace/name or node/name.
-        if q.contains('/') {
-            if let Some(found) = self.by_qualified.get(&lower) {
+        if q.contains('/')
+            && let Some(found) = self.by_qualified.get(&lower) {
                 let exact: Vec<usize> =
                     found.iter().copied().filter(|&i| self.at(i).qualified_name() == q).collect();
                 if let Some(r) = pick(exact) {
@@ -157,7 +153,6 @@ impl Inventory {
                     return r;
                 }
             }
-        }
         // 5. A name: exact spelling first, then ignoring case.
         if let Some(found) = self.by_name.get(&lower) {
             let exact: Vec<usize> = found.iter().copied().filter(|&i| self.at(i).name == q).collect();

@@ -246,15 +246,14 @@ impl Lab {
 
     /// Records an action in the audit log without waiting for the disk.
     pub fn audit(&self, entry: AuditEntry) {
-        if let Some(tx) = &self.shared.audit {
-            if let Err(mpsc::error::TrySendError::Full(entry)) = tx.try_send(entry) {
+        if let Some(tx) = &self.shared.audit
+            && let Err(mpsc::error::TrySendError::Full(entry)) = tx.try_send(entry) {
                 // Never drop an audit record: wait for room in the background.
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let _ = tx.send(entry).await;
                 });
             }
-        }
     }
 
     /// The store, when there is one.

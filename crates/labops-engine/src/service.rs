@@ -458,11 +458,10 @@ impl Lab {
             if f.kind.is_some_and(|k| k != e.kind) {
                 continue;
             }
-            if let Some(n) = node_pos {
-                if !inv.placed_on_index(i, n) {
+            if let Some(n) = node_pos
+                && !inv.placed_on_index(i, n) {
                     continue;
                 }
-            }
             if f.status.as_deref().is_some_and(|s| !e.status.eq_ignore_ascii_case(s)) {
                 continue;
             }

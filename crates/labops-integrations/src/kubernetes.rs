@@ -475,11 +475,10 @@ pub fn to_part(o: &Objects) -> Part {
             part.relations.push(Relation::new(&id, RelationKind::RunsOn, ids::k8s_node(&node)));
             e.node = Some(node);
         }
-        if let Some(sel) = spec.and_then(|s| s.node_selector.as_ref()) {
-            if let Some(host) = sel.get("kubernetes.io/hostname") {
+        if let Some(sel) = spec.and_then(|s| s.node_selector.as_ref())
+            && let Some(host) = sel.get("kubernetes.io/hostname") {
                 e.attributes.insert("pinned_to".into(), host.clone());
             }
-        }
         let restarts: i32 = st
             .and_then(|s| s.container_statuses.as_ref())
             .map(|cs| cs.iter().map(|c| c.restart_count).sum())

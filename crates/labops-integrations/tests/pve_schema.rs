@@ -16,11 +16,10 @@ fn find<'a>(nodes: &'a Value, path: &str) -> Option<&'a Value> {
         if p == path {
             return Some(n);
         }
-        if path.starts_with(&format!("{p}/")) {
-            if let Some(found) = n.get("children").and_then(|c| find(c, path)) {
+        if path.starts_with(&format!("{p}/"))
+            && let Some(found) = n.get("children").and_then(|c| find(c, path)) {
                 return Some(found);
             }
-        }
     }
     None
 }
@@ -57,11 +56,10 @@ fn check(schema: &Value, call: &ApiCall) -> Vec<String> {
         match props.get(*name) {
             None => errors.push(format!("{} {}: parameter {name} not in the schema", call.method, call.path)),
             Some(spec) => {
-                if let Some(v) = value {
-                    if !valid_value(spec, v) {
+                if let Some(v) = value
+                    && !valid_value(spec, v) {
                         errors.push(format!("{} {}: {name}={v} is not valid for {spec}", call.method, call.path));
                     }
-                }
             }
         }
     }

@@ -137,11 +137,10 @@ fn resource(
     // Resolve /namespaces/{ns}/{plural}/... first, then /{plural}/...
     let owned = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<String>>();
     let resolved: Option<(usize, Option<String>, Vec<String>)> = sh.read(|st| {
-        if let ["namespaces", ns, plural, tail @ ..] = rest {
-            if let Some(i) = st.find_plural(group, version, plural).filter(|i| st.resources[*i].namespaced) {
+        if let ["namespaces", ns, plural, tail @ ..] = rest
+            && let Some(i) = st.find_plural(group, version, plural).filter(|i| st.resources[*i].namespaced) {
                 return Some((i, Some(ns.to_string()), owned(tail)));
             }
-        }
         let (plural, tail) = rest.split_first()?;
         let i = st.find_plural(group, version, plural)?;
         Some((i, None, owned(tail)))
@@ -289,8 +288,8 @@ fn list(sh: &Arc<Shared>, q: &Query, res: usize, rt: &ResourceType, ns: Option<&
             items.retain(|o| key_of(o) > *key);
         }
         let (mut cont, mut remaining) = (None, None);
-        if let Some(limit) = limit {
-            if items.len() > limit {
+        if let Some(limit) = limit
+            && items.len() > limit {
                 let rest = items.split_off(limit);
                 let (lns, lname) = key_of(items.last().expect("limit > 0"));
                 cont = Some(format!("{snapshot}/{lns}/{lname}"));
@@ -298,7 +297,6 @@ fn list(sh: &Arc<Shared>, q: &Query, res: usize, rt: &ResourceType, ns: Option<&
                     remaining = Some(rest.len());
                 }
             }
-        }
         Ok(json_response(200, &list_doc(rt, snapshot, items, cont, remaining)))
     })
 }

@@ -521,11 +521,10 @@ impl State {
             }
             Managers::Keep => {}
             Managers::Raw => {
-                if new.pointer("/metadata/managedFields").is_none() {
-                    if let Some(mf) = old.pointer("/metadata/managedFields") {
+                if new.pointer("/metadata/managedFields").is_none()
+                    && let Some(mf) = old.pointer("/metadata/managedFields") {
                         meta_mut(&mut new).insert("managedFields".into(), mf.clone());
                     }
-                }
             }
         }
         if without_rv(&new) == without_rv(&old) {
@@ -600,11 +599,10 @@ impl State {
             }
         }
         // A patch that sets metadata.resourceVersion is a precondition on it.
-        if let Some(rv) = meta(&target, "resourceVersion") {
-            if Some(rv) != meta(&old, "resourceVersion") {
+        if let Some(rv) = meta(&target, "resourceVersion")
+            && Some(rv) != meta(&old, "resourceVersion") {
                 return Err(ApiError::stale(&rt, name));
             }
-        }
         check_identity(&rt, ns, name, &target)?;
         let new = if sub == Sub::Scale { scaled(&rt, &old, &target)? } else { target };
         Ok((self.finish_update(res, old, new, sub, Managers::Update(&ctx.manager), ctx)?, false))
@@ -816,38 +814,33 @@ impl State {
 
 /// apiVersion and kind in a body, when given, must be the resource's.
 fn check_type(rt: &ResourceType, body: &Value) -> Result<(), ApiError> {
-    if let Some(av) = body.get("apiVersion").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-        if av != rt.api_version() {
+    if let Some(av) = body.get("apiVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
+        && av != rt.api_version() {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({av}) does not match the expected API version ({})",
                 rt.api_version()
             )));
         }
-    }
-    if let Some(kind) = body.get("kind").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-        if kind != rt.kind {
+    if let Some(kind) = body.get("kind").and_then(Value::as_str).filter(|s| !s.is_empty())
+        && kind != rt.kind {
             return Err(ApiError::bad_request(format!("the kind in the data ({kind}) does not match the expected kind ({})", rt.kind)));
         }
-    }
     Ok(())
 }
 
 /// Name and namespace in a body, when given, must be the URL's.
 fn check_identity(rt: &ResourceType, ns: &str, name: &str, body: &Value) -> Result<(), ApiError> {
-    if let Some(n) = meta(body, "name").filter(|n| !n.is_empty()) {
-        if n != name {
+    if let Some(n) = meta(body, "name").filter(|n| !n.is_empty())
+        && n != name {
             return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
         }
-    }
-    if rt.namespaced {
-        if let Some(n) = meta(body, "namespace").filter(|n| !n.is_empty()) {
-            if n != ns {
+    if rt.namespaced
+        && let Some(n) = meta(body, "namespace").filter(|n| !n.is_empty())
+            && n != ns {
                 return Err(ApiError::bad_request(
                     "the namespace of the provided object does not match the namespace sent on the request",
                 ));
             }
-        }
-    }
     Ok(())
 }
 

@@ -302,11 +302,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
 const HOST_FIELDS: &[&str] = &["name", "address", "role", "labels"];
 
 fn check_field<T: DeserializeOwned>(f: &Figment, path: &str, errors: &mut Vec<Problem>) {
-    if f.find_value(path).is_ok() {
-        if let Err(e) = f.extract_inner::<Option<T>>(path) {
+    if f.find_value(path).is_ok()
+        && let Err(e) = f.extract_inner::<Option<T>>(path) {
             errors.push(Problem { path: path.into(), message: clean_figment(&e) });
         }
-    }
 }
 
 fn clean_figment(e: &figment::Error) -> String {
@@ -517,11 +516,10 @@ fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Pro
         }
     }
     if let Some(k) = &c.kubernetes {
-        if let Some(path) = &k.kubeconfig {
-            if !path.exists() {
+        if let Some(path) = &k.kubeconfig
+            && !path.exists() {
                 err("kubernetes.kubeconfig", format!("{} does not exist", path.display()));
             }
-        }
         if k.refresh_seconds == Some(0) {
             err("kubernetes.refresh_seconds", "must be at least 1".into());
         }
@@ -532,27 +530,24 @@ fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Pro
     if c.server.token.is_some() && c.server.token_file.is_some() {
         err("server", "token and token_file are both set; keep one".into());
     }
-    if let Some(f) = &c.server.token_file {
-        if !f.exists() {
+    if let Some(f) = &c.server.token_file
+        && !f.exists() {
             err("server.token_file", format!("{} does not exist", f.display()));
         }
-    }
     if c.server.token.as_deref().is_some_and(|t| t.trim().len() < 16) {
         err("server.token", "shorter than 16 characters; use a long random token (openssl rand -hex 32)".into());
     }
     if c.server.max_body_bytes < 1024 || c.server.max_body_bytes > 64 * 1024 * 1024 {
         err("server.max_body_bytes", format!("{} is out of range; use 1024..=67108864", c.server.max_body_bytes));
     }
-    if let Some(g) = &c.git {
-        if !g.repository.join(".git").exists() {
+    if let Some(g) = &c.git
+        && !g.repository.join(".git").exists() {
             err("git.repository", format!("{} is not a git work tree (no .git); run `git init` there or fix the path", g.repository.display()));
         }
-    }
-    if let Some(f) = c.ssh.as_ref().and_then(|s| s.identity_file.as_ref()) {
-        if !f.exists() {
+    if let Some(f) = c.ssh.as_ref().and_then(|s| s.identity_file.as_ref())
+        && !f.exists() {
             err("ssh.identity_file", format!("{} does not exist", f.display()));
         }
-    }
     if !(1..=256).contains(&c.workflows.steps_at_once) {
         err("workflows.steps_at_once", format!("{} is out of range; use 1..=256", c.workflows.steps_at_once));
     }

@@ -293,7 +293,7 @@ fn render(plan: &Plan) -> String {
                 notes.push(format!("after {}", s.depends_on.join(", ")));
             }
             let change = if s.mutates { "changes" } else { "reads" };
-            out += &format!("  {:name_w$}  {:type_w$}  {change:7}  {}\n", s.name, s.step_type, notes.join("; ")).trim_end().to_string();
+            out += format!("  {:name_w$}  {:type_w$}  {change:7}  {}\n", s.name, s.step_type, notes.join("; ")).trim_end();
             out.push('\n');
         }
     }

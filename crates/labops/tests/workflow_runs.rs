@@ -167,7 +167,7 @@ fn a_fault_in_the_middle_rolls_back_what_was_done() {
 fn crash_case(lab: &Lab, vmid: u32, point: &str, roll_back: bool) {
     let run = lab.start(vmid);
     let compensation = point.contains("compensate");
-    let crash = format!("{point}");
+    let crash = point.to_string();
     if compensation {
         lab.ok(&["workflow", "approve", &run]);
         let out = lab.labops(&["workflow", "complete-step", &run, "owner-check", "--failed", "test"], Some(&crash));

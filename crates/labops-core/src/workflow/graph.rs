@@ -68,11 +68,10 @@ fn build(w: &Workflow) -> (DiGraph<usize, ()>, BTreeMap<usize, NodeIndex>) {
     }
     for (&i, &n) in &nodes {
         for d in deps(&w.steps[i]) {
-            if let Some(&m) = by_name.get(d) {
-                if m != n && graph.find_edge(n, m).is_none() {
+            if let Some(&m) = by_name.get(d)
+                && m != n && graph.find_edge(n, m).is_none() {
                     graph.add_edge(n, m, ());
                 }
-            }
         }
     }
     (graph, nodes)

@@ -498,14 +498,13 @@ pub fn manifest_objects(manifests: &Value) -> Result<Vec<Value>, String> {
 
 fn push_object(obj: Value, label: &str, out: &mut Vec<Value>) -> Result<(), String> {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
-    if kind.ends_with("List") {
-        if let Some(items) = obj.get("items").and_then(Value::as_array) {
+    if kind.ends_with("List")
+        && let Some(items) = obj.get("items").and_then(Value::as_array) {
             for (k, item) in items.iter().enumerate() {
                 push_object(item.clone(), &format!("{label}, item {}", k + 1), out)?;
             }
             return Ok(());
         }
-    }
     for field in ["apiVersion", "kind"] {
         if obj.get(field).and_then(Value::as_str).is_none_or(str::is_empty) {
             return Err(format!("{label} has no `{field}`; every Kubernetes object needs `apiVersion`, `kind` and `metadata.name`"));

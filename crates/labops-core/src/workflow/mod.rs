@@ -99,8 +99,8 @@ impl Report {
     }
 
     fn sort(&mut self) {
-        self.errors.sort_by(|a, b| a.pos.cmp(&b.pos));
-        self.warnings.sort_by(|a, b| a.pos.cmp(&b.pos));
+        self.errors.sort_by_key(|a| a.pos);
+        self.warnings.sort_by_key(|a| a.pos);
     }
 }
 
@@ -205,7 +205,7 @@ pub(crate) fn nearest<'a>(wanted: &str, known: impl IntoIterator<Item = &'a str>
 }
 
 /// A "did you mean" clause: `; did you mean x or y?` or `; known: a, b, c`.
-pub(crate) fn suggest<'a>(wanted: &str, known: &[&'a str]) -> String {
+pub(crate) fn suggest(wanted: &str, known: &[&str]) -> String {
     let near = nearest(wanted, known.iter().copied());
     if near.is_empty() {
         if known.is_empty() { String::new() } else { format!("; known: {}", known.join(", ")) }

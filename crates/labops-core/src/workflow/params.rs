@@ -160,7 +160,7 @@ pub fn bind(params: &BTreeMap<String, Parameter>, given: &Bindings) -> Result<Bi
             )),
         }
     }
-    errors.sort_by(|a, b| a.pos.cmp(&b.pos));
+    errors.sort_by_key(|a| a.pos);
     if errors.is_empty() { Ok(bound) } else { Err(errors) }
 }
 

@@ -32,11 +32,10 @@ impl Executor for ExternalTask {
         if let Some(t) = step.fields.get("timeout") {
             problems.extend(parse_duration("timeout", t).err());
         }
-        if let Some(f) = step.fields.get("form") {
-            if !f.is_object() {
+        if let Some(f) = step.fields.get("form")
+            && !f.is_object() {
                 problems.push("`form` must map each field the human fills in to what it is (`serial: the disk's serial number`)".into());
             }
-        }
         problems
     }
 

@@ -402,13 +402,12 @@ impl Engine {
     }
 
     fn crash_point(&self, point: &str, step: &str) {
-        if let Some(c) = &self.crash {
-            if c.point == point && c.step == step {
+        if let Some(c) = &self.crash
+            && c.point == point && c.step == step {
                 tracing::warn!("test hook: killing this process at {point}@{step}");
                 let _ = std::process::Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
                 std::thread::sleep(Duration::from_secs(60));
             }
-        }
     }
 }
 
@@ -827,13 +826,12 @@ impl StepTask {
             Some(e) => e.clone(),
             None => return self.fail(&mut rec, format!("no executor for {}", self.step.step_type)).await,
         };
-        if rec.state == "pending" {
-            if let Some(question) = exec.confirm_before(&self.step) {
+        if rec.state == "pending"
+            && let Some(question) = exec.confirm_before(&self.step) {
                 rec.state = "awaiting_confirmation".into();
                 rec.error = Some(question.clone());
                 return self.save(&rec, NewEvent::step(&rec.name, "step_awaiting_confirmation", json!({"question": question}))).await;
             }
-        }
         let policy = exec.retry();
         let mut tries = 0;
         loop {

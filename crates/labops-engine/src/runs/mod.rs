@@ -1,13 +1,13 @@
 //! Workflow runs: durable execution of planned workflows.
 //!
-//! - [`driver`]: the [`Engine`]: submit, drive, resume, human actions, rollback;
-//! - [`executor`]: the [`Executor`] trait every step type implements, and the [`Registry`];
-//! - [`basic`]: `external-task` (waits for a human) and `milestone` (joins branches);
-//! - [`proxmox`]: `proxmox-task` API actions, waiting on task UPIDs;
-//! - [`commands`]: allowlisted shell commands, locally or over SSH;
-//! - [`system`]: `system-check`;
-//! - [`git`]: `git-commit`;
-//! - [`kube`]: `kubernetes-task` and `kubernetes-deployment`.
+//! - [`driver`], the [`Engine`]: submit, drive, resume, human actions, rollback;
+//! - [`executor`], the [`Executor`] trait every step type implements, and the [`Registry`];
+//! - [`basic`], `external-task` (waits for a human) and `milestone` (joins branches);
+//! - [`proxmox`], `proxmox-task` API actions, waiting on task UPIDs;
+//! - [`commands`], allowlisted shell commands, locally or over SSH;
+//! - [`system`], `system-check`;
+//! - [`git`], `git-commit`;
+//! - [`kube`], `kubernetes-task` and `kubernetes-deployment`.
 
 pub mod basic;
 pub mod commands;
