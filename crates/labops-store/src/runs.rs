@@ -417,6 +417,15 @@ impl Store {
     /// Takes the run for the driver `owner` when nobody drives it, `owner` already does, or
     /// `stale(current_owner, heartbeat)` says the current driver is gone. False otherwise.
     pub async fn claim_run(&self, run: i64, owner: &str, now: i64, stale: impl Fn(&str, i64) -> bool) -> Result<bool> {
+        // Already ours (the usual case when this process drives it again): nothing to write.
+        let mine = sqlx::query("SELECT 1 FROM runs WHERE id = ? AND owner = ? AND state NOT IN ('succeeded', 'failed', 'rolled_back', 'cancelled')")
+            .bind(run)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        if mine.is_some() {
+            return Ok(true);
+        }
         let (_w, mut tx) = self.write_tx().await?;
         let row = sqlx::query("SELECT owner, heartbeat_ms, state FROM runs WHERE id = ?")
             .bind(run)
@@ -444,6 +453,31 @@ impl Store {
             tx.commit().await?;
         }
         Ok(free)
+    }
+
+    /// Every driver of a run that has not ended, with its last heartbeat.
+    pub async fn run_owners(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT owner, MAX(COALESCE(heartbeat_ms, 0)) FROM runs WHERE owner IS NOT NULL
+                 AND state NOT IN ('succeeded', 'failed', 'rolled_back', 'cancelled') GROUP BY owner",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Moves every run of the driver `from` (gone) to `to`, in one transaction; how many.
+    pub async fn take_over(&self, from: &str, to: &str, now: i64) -> Result<u64> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let n = sqlx::query("UPDATE runs SET owner = ?, heartbeat_ms = ? WHERE owner = ?")
+            .bind(to)
+            .bind(now)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Refreshes the heartbeat of every run `owner` drives.

@@ -346,6 +346,12 @@ impl Engine {
 
     /// Drives every run that has not ended and that no live process drives, all at once.
     pub async fn resume_all(&self) -> Result<Vec<(i64, Driven)>> {
+        // Take over the runs of drivers that are gone in one write each, not one per run.
+        for (owner, beat) in self.store.run_owners().await? {
+            if owner != self.owner && owner_gone(&owner, beat) {
+                self.store.take_over(&owner, &self.owner, now_ms()).await?;
+            }
+        }
         let runs = self.store.runs(true, u32::MAX).await?;
         let mut set = JoinSet::new();
         for r in runs {
