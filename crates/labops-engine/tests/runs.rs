@@ -45,6 +45,9 @@ impl Executor for Rec {
     fn targets(&self, step: &labops_engine::runs::RunStep) -> Vec<String> {
         step.fields.get("vmid").map(|v| vec![format!("vm/{v}")]).unwrap_or_default()
     }
+    fn confirm_before(&self, step: &labops_engine::runs::RunStep) -> Option<String> {
+        step.name.starts_with("danger").then(|| format!("`{}` cannot be undone", step.name))
+    }
     fn retry(&self) -> RetryPolicy {
         RetryPolicy { attempts: 3, initial: std::time::Duration::from_millis(5), max: std::time::Duration::from_millis(20) }
     }
@@ -276,6 +279,21 @@ async fn an_interrupted_step_that_cannot_be_checked_waits_for_a_human_and_is_not
     e.complete_step(id, "shell-cmd", Ok(json!({"checked": "it ran"})), "ann").await.unwrap();
     assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "succeeded".into() });
     assert_eq!(rec.log(), ["do after"]);
+}
+
+#[tokio::test]
+async fn an_irreversible_step_waits_for_its_own_go_ahead() {
+    let (_d, e, rec) = engine().await;
+    let id = e.submit(&plan(&[pve("prep", ""), pve("danger-zpool-add", "prep")].concat()), "t").await.unwrap();
+    e.approve(id, "ann").await.unwrap();
+    let Driven::Waiting { reasons } = e.drive(id).await.unwrap() else { panic!() };
+    assert!(reasons[0].contains("cannot be undone") && reasons[0].contains(&format!("approve {id} --step danger-zpool-add")), "{reasons:?}");
+    assert_eq!(rec.log(), ["do prep"], "the irreversible step has not run");
+    assert!(e.confirm_step(id, "prep", "ann").await.is_err(), "only a step that waits for it can be confirmed");
+    e.confirm_step(id, "danger-zpool-add", "ann").await.unwrap();
+    assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "succeeded".into() });
+    assert_eq!(rec.log(), ["do prep", "do danger-zpool-add"]);
+    assert!(kinds(&e, id).await.contains(&"step_confirmed:danger-zpool-add".to_string()));
 }
 
 #[tokio::test]
