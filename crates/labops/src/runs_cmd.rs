@@ -349,17 +349,22 @@ pub async fn run_state(
         W::Run { file, set, values, follow: follow_it, json, actor: who } => {
             let who = actor(who.as_deref());
             let Some((_, plan)) = plan_file(file, set, values.as_deref())? else { return Ok(ExitCode::from(1)) };
-            let inventory = match lab {
+            let (inventory, freshness) = match lab {
                 Some(l) => {
                     l.wait_until_reported(Duration::from_secs(20)).await;
-                    Some(l.snapshot().inventory.clone())
+                    let snap = l.snapshot();
+                    (Some(snap.inventory.clone()), Some(l.freshness(&snap)))
                 }
-                None => None,
+                None => (None, None),
             };
             let id = match engine.submit_grounded(&plan, &who, inventory.as_deref()).await {
                 Ok(id) => id,
                 Err(e) => {
                     eprintln!("error: {}: {e}", file.display());
+                    // A name may be missing because labops cannot see that part of the lab.
+                    if let Some(note) = freshness.and_then(|f| f.note) {
+                        eprintln!("note: names were resolved against the inventory labops has now: {note}");
+                    }
                     return Ok(ExitCode::from(1));
                 }
             };
