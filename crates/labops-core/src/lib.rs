@@ -8,9 +8,12 @@
 //! - [`resolve`]: the precision rule. Any name from outside is mapped to exactly one entity, or
 //!   fails with the nearest real names. Nothing is guessed.
 //! - [`source`]: how fresh and how healthy each source's data is.
+//! - [`change`]: the change record's lifecycle (proposed -> ... -> closed), with human-only
+//!   approval bound to the plan shown (the start of issue #4; not wired to runs yet).
 //! - [`workflow`]: workflow graphs (kro ResourceGraphDefinitions): parsing, validation that
 //!   reports every error with its line and column, and plans of parallel stages.
 
+pub mod change;
 pub mod inventory;
 pub mod workflow;
 pub mod resolve;

@@ -36,6 +36,9 @@ pub enum Error {
     /// A migration failed.
     #[error("cannot migrate the state database: {0}; the file may come from a newer labops")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The lock that serialises migrations between processes could not be taken.
+    #[error("cannot lock the state database for its migrations: {0}; check that the directory is writable")]
+    Lock(String),
     /// A query failed.
     #[error("state database error: {0}")]
     Sql(#[from] sqlx::Error),
@@ -112,7 +115,19 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(|source| Error::Open { path: path.display().to_string(), source })?;
+        // Two labops processes opening a new database at once would both apply the migrations;
+        // a lock file beside it makes the second wait for the first.
+        let lock_path = path.with_extension("migrate.lock");
+        let lock = tokio::task::spawn_blocking(move || {
+            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+            f.lock()?;
+            Ok::<_, std::io::Error>(f)
+        })
+        .await
+        .map_err(|e| Error::Lock(e.to_string()))?
+        .map_err(|e| Error::Lock(e.to_string()))?;
         MIGRATOR.run(&pool).await?;
+        drop(lock);
         Ok(Self { pool, writer: Default::default() })
     }
 
@@ -262,6 +277,22 @@ mod tests {
         let audit = store.audit_recent(10).await.unwrap();
         assert_eq!(audit.len(), 1);
         assert_eq!(audit[0].detail["name"], "108");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn processes_opening_a_new_database_at_once_all_get_it_migrated() {
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("state-{round}/labops.db"));
+            let opens: Vec<_> = (0..6).map(|_| tokio::spawn({
+                let path = path.clone();
+                async move { Store::open(&path).await.map(|_| ()).map_err(|e| e.to_string()) }
+            })).collect();
+            for o in opens {
+                o.await.unwrap().unwrap();
+            }
+            assert_eq!(Store::open(&path).await.unwrap().schema_version().await.unwrap(), 2);
+        }
     }
 
     #[tokio::test]

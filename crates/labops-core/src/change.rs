@@ -1,0 +1,366 @@
+//! The change record: the professional workflow every infrastructure change goes through, as a
+//! state machine that refuses shortcuts.
+//!
+//! ```text
+//! proposed -> analysed -> awaiting_approval -> approved -> executing -> validating
+//!                                  |                          |   \          |    \
+//!                                  v                          v    v         v     v
+//!                              rejected                rolled_back failed  rolled_back failed
+//! validating -> documenting -> committed -> closed
+//! ```
+//!
+//! Every transition names its actor, time and reason, and the history is the audit trail. Only
+//! a human approves or rejects; an approval is bound to the digest of the exact plan shown, and
+//! execution refuses a plan whose digest differs (the plan changed: approve again). Pure: the
+//! caller passes the time and stores the record.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a change stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeState {
+    /// Opened: what and why, no analysis yet.
+    Proposed,
+    /// Analysis and ROI attached.
+    Analysed,
+    /// Waiting for a human's decision.
+    AwaitingApproval,
+    /// A human approved this plan.
+    Approved,
+    /// A human said no. Final.
+    Rejected,
+    /// Its workflow runs.
+    Executing,
+    /// The outcome is being checked.
+    Validating,
+    /// The documentation is being updated.
+    Documenting,
+    /// The commit that closes its issue is made.
+    Committed,
+    /// Done. Final.
+    Closed,
+    /// It failed and could not be rolled back completely. Final.
+    Failed,
+    /// It failed and what it did was undone. Final.
+    RolledBack,
+}
+
+impl ChangeState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [ChangeState; 12] = [
+        Self::Proposed,
+        Self::Analysed,
+        Self::AwaitingApproval,
+        Self::Approved,
+        Self::Rejected,
+        Self::Executing,
+        Self::Validating,
+        Self::Documenting,
+        Self::Committed,
+        Self::Closed,
+        Self::Failed,
+        Self::RolledBack,
+    ];
+
+    /// The states this one may move to.
+    pub fn next(self) -> &'static [ChangeState] {
+        use ChangeState::*;
+        match self {
+            Proposed => &[Analysed],
+            Analysed => &[AwaitingApproval],
+            AwaitingApproval => &[Approved, Rejected],
+            Approved => &[Executing],
+            Executing => &[Validating, RolledBack, Failed],
+            Validating => &[Documenting, RolledBack, Failed],
+            Documenting => &[Committed],
+            Committed => &[Closed],
+            Rejected | Closed | Failed | RolledBack => &[],
+        }
+    }
+
+    /// Whether the change can no longer move.
+    pub fn is_final(self) -> bool {
+        self.next().is_empty()
+    }
+
+    /// The name used in storage and on the command line.
+    pub fn as_str(self) -> &'static str {
+        use ChangeState::*;
+        match self {
+            Proposed => "proposed",
+            Analysed => "analysed",
+            AwaitingApproval => "awaiting_approval",
+            Approved => "approved",
+            Rejected => "rejected",
+            Executing => "executing",
+            Validating => "validating",
+            Documenting => "documenting",
+            Committed => "committed",
+            Closed => "closed",
+            Failed => "failed",
+            RolledBack => "rolled_back",
+        }
+    }
+
+    /// Parses [`ChangeState::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for ChangeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who moves a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum Actor {
+    /// A person, by name (from the CLI, or an approver token).
+    Human(String),
+    /// labops itself (running, validating, committing).
+    Engine,
+    /// A language model, by provider/model. Never approves.
+    Ai(String),
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Human(n) => write!(f, "{n}"),
+            Actor::Engine => f.write_str("labops"),
+            Actor::Ai(m) => write!(f, "ai:{m}"),
+        }
+    }
+}
+
+/// One step of a change's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Transition {
+    /// The state it left.
+    pub from: ChangeState,
+    /// The state it entered.
+    pub to: ChangeState,
+    /// Who moved it.
+    pub actor: Actor,
+    /// When, Unix milliseconds.
+    pub at_ms: i64,
+    /// Why, in the actor's words.
+    pub reason: String,
+}
+
+/// Why a transition was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangeError {
+    /// The lifecycle does not go from here to there.
+    #[error("change {id} is {from}; it cannot become {to} (from {from} it can become: {allowed})")]
+    NotAllowed {
+        /// The change.
+        id: String,
+        /// Its state.
+        from: ChangeState,
+        /// The state asked for.
+        to: ChangeState,
+        /// What it can become, comma-separated (or "nothing: it is final").
+        allowed: String,
+    },
+    /// Only a human approves or rejects.
+    #[error("only a human can {what} change {id}; {actor} cannot (approve with `labops change approve {id}`)")]
+    NotHuman {
+        /// The change.
+        id: String,
+        /// `approve` or `reject`.
+        what: &'static str,
+        /// Who tried.
+        actor: Actor,
+    },
+    /// The plan is not the one that was approved.
+    #[error("change {id} was approved for plan {approved}, but the plan is now {current}; it changed, so a human must approve it again")]
+    PlanChanged {
+        /// The change.
+        id: String,
+        /// The digest approved.
+        approved: String,
+        /// The digest now.
+        current: String,
+    },
+    /// A reason is required.
+    #[error("a reason is required to move change {id} to {to}")]
+    NoReason {
+        /// The change.
+        id: String,
+        /// The state asked for.
+        to: ChangeState,
+    },
+}
+
+/// A change record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Change {
+    /// Its own id (`chg-12`).
+    pub id: String,
+    /// One line on what it does.
+    pub title: String,
+    /// The forge issue that tracks it: the `N` of `fixes #N`.
+    pub issue: Option<u64>,
+    /// Where it stands.
+    pub state: ChangeState,
+    /// The digest of the plan a human approved, once approved.
+    pub approved_plan: Option<String>,
+    /// Every transition, oldest first.
+    pub history: Vec<Transition>,
+}
+
+impl Change {
+    /// A new change, `proposed` by `actor`.
+    pub fn new(id: impl Into<String>, title: impl Into<String>, actor: Actor, now_ms: i64) -> Self {
+        let created = Transition {
+            from: ChangeState::Proposed,
+            to: ChangeState::Proposed,
+            actor,
+            at_ms: now_ms,
+            reason: "opened".into(),
+        };
+        Self { id: id.into(), title: title.into(), issue: None, state: ChangeState::Proposed, approved_plan: None, history: vec![created] }
+    }
+
+    /// Moves the change to `to`, recording who, when and why. Approval goes through
+    /// [`Change::approve`]; this refuses `approved` so an approval always carries its plan.
+    pub fn transition(&mut self, to: ChangeState, actor: Actor, reason: &str, now_ms: i64) -> Result<(), ChangeError> {
+        if to == ChangeState::Approved {
+            return Err(ChangeError::NotAllowed {
+                id: self.id.clone(),
+                from: self.state,
+                to,
+                allowed: "approve it with the plan shown (`labops change approve`)".into(),
+            });
+        }
+        if to == ChangeState::Rejected && !matches!(actor, Actor::Human(_)) {
+            return Err(ChangeError::NotHuman { id: self.id.clone(), what: "reject", actor });
+        }
+        self.step(to, actor, reason, now_ms)
+    }
+
+    /// A human approves the plan whose digest is `plan_digest`.
+    pub fn approve(&mut self, actor: Actor, plan_digest: &str, reason: &str, now_ms: i64) -> Result<(), ChangeError> {
+        if !matches!(actor, Actor::Human(_)) {
+            return Err(ChangeError::NotHuman { id: self.id.clone(), what: "approve", actor });
+        }
+        self.step(ChangeState::Approved, actor, reason, now_ms)?;
+        self.approved_plan = Some(plan_digest.to_string());
+        Ok(())
+    }
+
+    /// Checks that `plan_digest` is the plan a human approved, before anything runs.
+    pub fn check_plan(&self, plan_digest: &str) -> Result<(), ChangeError> {
+        match &self.approved_plan {
+            Some(a) if a == plan_digest && !matches!(self.state, ChangeState::Rejected) => Ok(()),
+            Some(a) => Err(ChangeError::PlanChanged { id: self.id.clone(), approved: a.clone(), current: plan_digest.into() }),
+            None => Err(ChangeError::NotAllowed {
+                id: self.id.clone(),
+                from: self.state,
+                to: ChangeState::Executing,
+                allowed: "nothing until a human approves it".into(),
+            }),
+        }
+    }
+
+    fn step(&mut self, to: ChangeState, actor: Actor, reason: &str, now_ms: i64) -> Result<(), ChangeError> {
+        if !self.state.next().contains(&to) {
+            let allowed = if self.state.is_final() {
+                "nothing: it is final".to_string()
+            } else {
+                self.state.next().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            };
+            return Err(ChangeError::NotAllowed { id: self.id.clone(), from: self.state, to, allowed });
+        }
+        if reason.trim().is_empty() && matches!(to, ChangeState::Rejected | ChangeState::Failed | ChangeState::RolledBack) {
+            return Err(ChangeError::NoReason { id: self.id.clone(), to });
+        }
+        self.history.push(Transition { from: self.state, to, actor, at_ms: now_ms, reason: reason.to_string() });
+        self.state = to;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann() -> Actor {
+        Actor::Human("ann".into())
+    }
+
+    fn to_approval(c: &mut Change) {
+        c.transition(ChangeState::Analysed, Actor::Ai("local/qwen".into()), "analysis attached", 2).unwrap();
+        c.transition(ChangeState::AwaitingApproval, Actor::Engine, "analysis done", 3).unwrap();
+    }
+
+    #[test]
+    fn the_whole_lifecycle_is_recorded() {
+        let mut c = Change::new("chg-1", "grow tank", ann(), 1);
+        to_approval(&mut c);
+        c.approve(ann(), "sha256:abc", "looks right", 4).unwrap();
+        c.check_plan("sha256:abc").unwrap();
+        for (i, s) in [ChangeState::Executing, ChangeState::Validating, ChangeState::Documenting, ChangeState::Committed, ChangeState::Closed]
+            .into_iter()
+            .enumerate()
+        {
+            c.transition(s, Actor::Engine, "next", 5 + i as i64).unwrap();
+        }
+        assert!(c.state.is_final());
+        let path: Vec<&str> = c.history.iter().map(|t| t.to.as_str()).collect();
+        assert_eq!(
+            path,
+            ["proposed", "analysed", "awaiting_approval", "approved", "executing", "validating", "documenting", "committed", "closed"]
+        );
+        assert_eq!(c.history[3].actor, ann());
+    }
+
+    #[test]
+    fn no_step_can_be_skipped() {
+        let mut c = Change::new("chg-2", "x", ann(), 1);
+        let err = c.transition(ChangeState::Executing, Actor::Engine, "hurry", 2).unwrap_err().to_string();
+        assert_eq!(err, "change chg-2 is proposed; it cannot become executing (from proposed it can become: analysed)");
+        assert!(c.transition(ChangeState::Approved, ann(), "ok", 2).is_err(), "approval only through approve()");
+        to_approval(&mut c);
+        assert!(c.check_plan("sha256:abc").is_err(), "nothing runs before approval");
+    }
+
+    #[test]
+    fn only_a_human_approves_or_rejects() {
+        let mut c = Change::new("chg-3", "x", ann(), 1);
+        to_approval(&mut c);
+        let err = c.approve(Actor::Ai("cloud/claude".into()), "d", "I approve", 4).unwrap_err();
+        assert!(matches!(err, ChangeError::NotHuman { what: "approve", .. }), "{err}");
+        assert!(c.transition(ChangeState::Rejected, Actor::Engine, "no", 4).is_err());
+        assert_eq!(c.state, ChangeState::AwaitingApproval);
+        assert!(matches!(c.transition(ChangeState::Rejected, ann(), " ", 4), Err(ChangeError::NoReason { .. })));
+        c.transition(ChangeState::Rejected, ann(), "not now", 4).unwrap();
+        assert!(c.state.is_final());
+        assert!(c.transition(ChangeState::Executing, Actor::Engine, "x", 5).unwrap_err().to_string().contains("nothing: it is final"));
+    }
+
+    #[test]
+    fn an_approval_holds_for_the_plan_shown_only() {
+        let mut c = Change::new("chg-4", "x", ann(), 1);
+        to_approval(&mut c);
+        c.approve(ann(), "sha256:abc", "ok", 4).unwrap();
+        let err = c.check_plan("sha256:def").unwrap_err().to_string();
+        assert!(err.contains("approved for plan sha256:abc, but the plan is now sha256:def"), "{err}");
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for s in ChangeState::ALL {
+            assert_eq!(ChangeState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(ChangeState::parse("done"), None);
+    }
+}
