@@ -37,7 +37,7 @@ pub enum Error {
     #[error("cannot migrate the state database: {0}; the file may come from a newer labops")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The lock that serialises migrations between processes could not be taken.
-    #[error("cannot lock the state database for its migrations: {0}; check that the directory is writable")]
+    #[error("cannot lock the state database while opening it: {0}; check that the directory is writable or pass --data-dir")]
     Lock(String),
     /// A query failed.
     #[error("state database error: {0}")]
@@ -103,6 +103,18 @@ impl Store {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
+        // Two labops processes opening a new database at once would race to create it (switching
+        // it to WAL needs an exclusive lock) and to apply the migrations; a lock file beside it
+        // makes the second wait until the first is done.
+        let lock_path = path.with_extension("open.lock");
+        let lock = tokio::task::spawn_blocking(move || {
+            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+            f.lock()?;
+            Ok::<_, std::io::Error>(f)
+        })
+        .await
+        .map_err(|e| Error::Lock(e.to_string()))?
+        .map_err(|e| Error::Lock(e.to_string()))?;
         let opts = SqliteConnectOptions::from_str("sqlite://")
             .expect("static URL parses")
             .filename(path)
@@ -115,17 +127,6 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(|source| Error::Open { path: path.display().to_string(), source })?;
-        // Two labops processes opening a new database at once would both apply the migrations;
-        // a lock file beside it makes the second wait for the first.
-        let lock_path = path.with_extension("migrate.lock");
-        let lock = tokio::task::spawn_blocking(move || {
-            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
-            f.lock()?;
-            Ok::<_, std::io::Error>(f)
-        })
-        .await
-        .map_err(|e| Error::Lock(e.to_string()))?
-        .map_err(|e| Error::Lock(e.to_string()))?;
         MIGRATOR.run(&pool).await?;
         drop(lock);
         Ok(Self { pool, writer: Default::default() })
@@ -281,10 +282,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn processes_opening_a_new_database_at_once_all_get_it_migrated() {
-        for round in 0..5 {
+        for round in 0..20 {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(format!("state-{round}/labops.db"));
-            let opens: Vec<_> = (0..6).map(|_| tokio::spawn({
+            let opens: Vec<_> = (0..8).map(|_| tokio::spawn({
                 let path = path.clone();
                 async move { Store::open(&path).await.map(|_| ()).map_err(|e| e.to_string()) }
             })).collect();
