@@ -7,6 +7,7 @@
 //!                                  v                          v    v         v     v
 //!                              rejected                rolled_back failed  rolled_back failed
 //! validating -> documenting -> committed -> closed
+//! approved -> awaiting_approval   (the plan changed before it ran: the approval is void)
 //! ```
 //!
 //! Every transition names its actor, time and reason, and the history is the audit trail. Only
@@ -17,6 +18,96 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The digest of a plan (`sha256:` and 64 hex digits) over its JSON form: what an approval is
+/// bound to. Any change to any step, parameter or dependency changes it.
+pub fn plan_digest(plan: &serde_json::Value) -> String {
+    let hash = Sha256::digest(plan.to_string().as_bytes());
+    let mut out = String::with_capacity(71);
+    out.push_str("sha256:");
+    for b in hash {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// How risky a change is, in the proposer's judgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskLevel {
+    /// Easily undone, touches one thing.
+    Low,
+    /// Touches something others depend on, or is slow to undo.
+    Medium,
+    /// Could take services down or lose data.
+    High,
+}
+
+/// What a change does and what it puts at stake: what a human reads before approving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Analysis {
+    /// What will change, in a sentence or two.
+    pub what: String,
+    /// Why it is worth doing.
+    pub why: String,
+    /// How risky it is.
+    pub risk: RiskLevel,
+    /// What could go wrong.
+    #[serde(default)]
+    pub risk_notes: String,
+    /// Entities it changes and everything that depends on them, from the live inventory.
+    #[serde(default)]
+    pub blast_radius: Vec<String>,
+    /// How it is undone: one line per step, in the order the undo runs.
+    #[serde(default)]
+    pub rollback_plan: Vec<String>,
+    /// What a human must do by hand, in order.
+    #[serde(default)]
+    pub manual_steps: Vec<String>,
+}
+
+/// The return on a change, estimated by its proposer (or, later, the AI engine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Roi {
+    /// Hours of the owner's time saved per month.
+    pub time_saved_hours_per_month: f64,
+    /// One-off cost, in the owner's currency.
+    #[serde(default)]
+    pub cost_once: f64,
+    /// Monthly cost (power included).
+    #[serde(default)]
+    pub cost_monthly: f64,
+    /// What the owner learns, 0 to 10.
+    pub learning_value: u8,
+    /// How hard it is, 0 to 10.
+    pub complexity: u8,
+    /// How much could go wrong, 0 to 10.
+    pub risk: u8,
+    /// Where the numbers come from (`owner`, `estimate`, `measured`) and why.
+    #[serde(default)]
+    pub basis: String,
+}
+
+impl Roi {
+    /// Every problem with the numbers, one sentence each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, v) in [("time_saved_hours_per_month", self.time_saved_hours_per_month), ("cost_once", self.cost_once), ("cost_monthly", self.cost_monthly)] {
+            if !v.is_finite() || v < 0.0 {
+                out.push(format!("roi.{name} must be a number of 0 or more, not {v}"));
+            }
+        }
+        for (name, v) in [("learning_value", self.learning_value), ("complexity", self.complexity), ("risk", self.risk)] {
+            if v > 10 {
+                out.push(format!("roi.{name} is on a scale of 0 to 10, not {v}"));
+            }
+        }
+        out
+    }
+}
 
 /// Where a change stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
@@ -72,7 +163,7 @@ impl ChangeState {
             Proposed => &[Analysed],
             Analysed => &[AwaitingApproval],
             AwaitingApproval => &[Approved, Rejected],
-            Approved => &[Executing],
+            Approved => &[Executing, AwaitingApproval],
             Executing => &[Validating, RolledBack, Failed],
             Validating => &[Documenting, RolledBack, Failed],
             Documenting => &[Committed],
@@ -257,6 +348,25 @@ impl Change {
         Ok(())
     }
 
+    /// The plan changed: an approval given for the old plan no longer holds, and a change
+    /// approved but not yet running goes back to waiting for a human.
+    pub fn plan_changed(&mut self, actor: Actor, now_ms: i64) -> Result<(), ChangeError> {
+        match self.state {
+            ChangeState::Proposed | ChangeState::Analysed | ChangeState::AwaitingApproval => Ok(()),
+            ChangeState::Approved => {
+                self.step(ChangeState::AwaitingApproval, actor, "the plan changed: the approval given for the old plan is void", now_ms)?;
+                self.approved_plan = None;
+                Ok(())
+            }
+            from => Err(ChangeError::NotAllowed {
+                id: self.id.clone(),
+                from,
+                to: ChangeState::AwaitingApproval,
+                allowed: "no new plan once it has started; propose a new change".into(),
+            }),
+        }
+    }
+
     /// Checks that `plan_digest` is the plan a human approved, before anything runs.
     pub fn check_plan(&self, plan_digest: &str) -> Result<(), ChangeError> {
         match &self.approved_plan {
@@ -354,6 +464,37 @@ mod tests {
         c.approve(ann(), "sha256:abc", "ok", 4).unwrap();
         let err = c.check_plan("sha256:def").unwrap_err().to_string();
         assert!(err.contains("approved for plan sha256:abc, but the plan is now sha256:def"), "{err}");
+    }
+
+    #[test]
+    fn a_new_plan_voids_the_approval() {
+        let mut c = Change::new("chg-5", "x", ann(), 1);
+        to_approval(&mut c);
+        c.approve(ann(), "sha256:abc", "ok", 4).unwrap();
+        c.plan_changed(Actor::Engine, 5).unwrap();
+        assert_eq!(c.state, ChangeState::AwaitingApproval);
+        assert!(c.check_plan("sha256:abc").is_err(), "the old approval is gone");
+        c.approve(ann(), "sha256:def", "ok again", 6).unwrap();
+        c.check_plan("sha256:def").unwrap();
+        c.transition(ChangeState::Executing, Actor::Engine, "run", 7).unwrap();
+        assert!(c.plan_changed(Actor::Engine, 8).is_err(), "a running change keeps its plan");
+    }
+
+    #[test]
+    fn the_digest_follows_every_byte_of_the_plan() {
+        let a = serde_json::json!({"stages": [{"steps": [{"name": "a", "fields": {"vmid": 200}}]}]});
+        let b = serde_json::json!({"stages": [{"steps": [{"name": "a", "fields": {"vmid": 201}}]}]});
+        assert_eq!(plan_digest(&a), plan_digest(&a.clone()));
+        assert_ne!(plan_digest(&a), plan_digest(&b));
+        assert!(plan_digest(&a).starts_with("sha256:") && plan_digest(&a).len() == 71);
+    }
+
+    #[test]
+    fn roi_numbers_are_checked() {
+        let r = Roi { time_saved_hours_per_month: -1.0, cost_once: 0.0, cost_monthly: f64::NAN, learning_value: 11, complexity: 3, risk: 2, basis: String::new() };
+        let p = r.problems();
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].contains("time_saved_hours_per_month") && p[2].contains("learning_value"), "{p:?}");
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! - the last good snapshot of each inventory source, so a restarted labops answers at once with
 //!   known (and age-marked) data while the sources are fetched again;
 //! - the audit log: every action taken through any interface;
-//! - workflow runs ([`runs`]): runs, steps, progress events, driver leases and entity locks.
+//! - workflow runs ([`runs`]): runs, steps, progress events, driver leases and entity locks;
+//! - change records and the embedded forge's issues ([`changes`]).
 //!
 //! Migrations live in `migrations/` and run on [`Store::open`]. Queries use `sqlx::query` with
 //! bound parameters (no compile-time database needed).
 
+pub mod changes;
 pub mod runs;
 
 use std::path::Path;

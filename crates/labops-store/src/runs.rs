@@ -40,6 +40,8 @@ pub struct RunRecord {
     pub updated_ms: i64,
     /// The final report (what ran, what was undone), once it ended.
     pub report: Option<Value>,
+    /// The change it executes, when it changes the lab.
+    pub change_id: Option<i64>,
 }
 
 /// The part of a run that changes while it runs: cheap to read on every turn of the driver.
@@ -151,6 +153,7 @@ fn run_from(r: &SqliteRow) -> Result<RunRecord> {
         created_ms: r.try_get("created_ms")?,
         updated_ms: r.try_get("updated_ms")?,
         report: opt_json(r, "report_json", "run report")?,
+        change_id: r.try_get("change_id")?,
     })
 }
 
@@ -196,6 +199,7 @@ impl Store {
         workflow: &str,
         plan: &Value,
         needs_approval: bool,
+        change_id: Option<i64>,
         created_by: &str,
         steps: &[String],
         now: i64,
@@ -203,13 +207,14 @@ impl Store {
         let (_w, mut tx) = self.write_tx().await?;
         let state = if needs_approval { "awaiting_approval" } else { "running" };
         let id: i64 = sqlx::query(
-            "INSERT INTO runs (workflow, plan_json, state, needs_approval, created_by, created_ms, updated_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO runs (workflow, plan_json, state, needs_approval, change_id, created_by, created_ms, updated_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(workflow)
         .bind(json(plan))
         .bind(state)
         .bind(needs_approval as i64)
+        .bind(change_id)
         .bind(created_by)
         .bind(now)
         .bind(now)
@@ -581,7 +586,7 @@ mod tests {
     #[tokio::test]
     async fn a_run_and_its_events_round_trip() {
         let (_d, s) = store().await;
-        let id = s.create_run("w", &serde_json::json!({"x": 1}), true, "ann", &["a".into(), "b".into()], 10).await.unwrap();
+        let id = s.create_run("w", &serde_json::json!({"x": 1}), true, None, "ann", &["a".into(), "b".into()], 10).await.unwrap();
         let run = s.run(id).await.unwrap().unwrap();
         assert_eq!((run.state.as_str(), run.needs_approval), ("awaiting_approval", true));
         assert!(!s.approve_run(id + 1, "bob", 11).await.unwrap(), "no such run");
@@ -603,8 +608,8 @@ mod tests {
     #[tokio::test]
     async fn locks_are_all_or_nothing_and_end_with_the_run() {
         let (_d, s) = store().await;
-        let one = s.create_run("w", &Value::Null, false, "t", &[], 1).await.unwrap();
-        let two = s.create_run("w", &Value::Null, false, "t", &[], 1).await.unwrap();
+        let one = s.create_run("w", &Value::Null, false, None, "t", &[], 1).await.unwrap();
+        let two = s.create_run("w", &Value::Null, false, None, "t", &[], 1).await.unwrap();
         assert_eq!(s.lock_entities(one, &["vm/100".into()], 2).await.unwrap(), Ok(()));
         let clash = s.lock_entities(two, &["vm/101".into(), "vm/100".into()], 3).await.unwrap();
         assert_eq!(clash, Err(vec![("vm/100".to_string(), one)]));
@@ -616,7 +621,7 @@ mod tests {
     #[tokio::test]
     async fn a_live_driver_keeps_its_run() {
         let (_d, s) = store().await;
-        let id = s.create_run("w", &Value::Null, false, "t", &[], 1).await.unwrap();
+        let id = s.create_run("w", &Value::Null, false, None, "t", &[], 1).await.unwrap();
         assert!(s.claim_run(id, "a", 1, |_, _| false).await.unwrap());
         assert!(!s.claim_run(id, "b", 2, |_, _| false).await.unwrap());
         assert!(s.claim_run(id, "b", 2, |owner, _| owner == "a").await.unwrap(), "a stale driver loses it");
