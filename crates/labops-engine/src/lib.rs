@@ -7,8 +7,12 @@
 //!   (`inventory_summary`, `list_entities`, `get_entity`, `resolve`, `node_status`,
 //!   `guest_status`, `impact_of`, `k8s_workloads`). MCP tools, REST handlers and CLI commands are
 //!   thin wrappers around these.
-//! - [`runs`]: durable workflow execution: executors per step type, the driver, rollback.
+//! - [`runs`]: durable workflow execution: executors per step type, the driver, rollback, and
+//!   the gate that refuses a mutating run whose change is not approved for its exact plan.
+//! - [`changes`]: the change workflow (issue, approval, execution, validation, docs, commit,
+//!   close), the forge trait and the local forge, the GitOps documentation.
 
+pub mod changes;
 pub mod lab;
 pub mod runs;
 pub mod service;

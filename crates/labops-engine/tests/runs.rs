@@ -1,4 +1,4 @@
-//! The run driver with a recording executor standing in for a mutating step type: approval gate,
+//! The run driver with a recording executor standing in for a mutating step type: the change gate,
 //! order and parallel branches, retries, human waits, rollback in reverse order, cancel, locks,
 //! and recovery of a step interrupted mid-flight.
 
@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use labops_core::workflow::{self, Bindings, StepType};
 use labops_engine::runs::basic::{ExternalTask, Milestone};
 use labops_engine::runs::{Compensation, Driven, Engine, Executor, Registry, RetryPolicy, Started, StepCx, StepError, Verified};
-use labops_store::Store;
+use labops_core::change::{Actor, Change, ChangeState, plan_digest};
+use labops_store::changes::ChangeUpdate;
+use labops_store::{AuditEntry, Store};
 use serde_json::{Value, json};
 
 /// Plays `proxmox-task`: records every call; fails a step named in `fail` (transiently the
@@ -114,22 +116,96 @@ async fn kinds(e: &Engine, id: i64) -> Vec<String> {
     e.store().run_events(id, 0, 1000).await.unwrap().into_iter().map(|e| format!("{}{}", e.kind, e.step.map(|s| format!(":{s}")).unwrap_or_default())).collect()
 }
 
+/// A change for `plan`, waiting for approval; returns its number.
+async fn change_for(e: &Engine, plan_json: &Value) -> i64 {
+    let ann = Actor::Human("ann".into());
+    let mut c = Change::new("chg-0", "test change", ann.clone(), 1);
+    c.transition(ChangeState::Analysed, ann, "given", 1).unwrap();
+    c.transition(ChangeState::AwaitingApproval, Actor::Engine, "ready", 1).unwrap();
+    let audit = AuditEntry { at_ms: 1, actor: "ann".into(), action: "change_propose".into(), target: None, outcome: "ok".into(), detail: Value::Null };
+    e.store().create_change(&c, "t", plan_json, &plan_digest(plan_json), &json!({}), "ann", 1, &audit).await.unwrap()
+}
+
+/// A human approves change `n` for the plan whose digest is `digest`.
+async fn approve_change(e: &Engine, n: i64, digest: &str) {
+    let mut c = e.store().change(n).await.unwrap().unwrap().change;
+    c.approve(Actor::Human("ann".into()), digest, "ok", 2).unwrap();
+    let audit = AuditEntry { at_ms: 2, actor: "ann".into(), action: "change_approve".into(), target: None, outcome: "ok".into(), detail: Value::Null };
+    assert!(e.store().save_change(n, ChangeState::AwaitingApproval, &c, &ChangeUpdate::default(), 2, &audit).await.unwrap());
+}
+
+/// A run of `plan` tied to a change a human approved for it, released.
+async fn approved(e: &Engine, plan: &workflow::Plan) -> i64 {
+    let plan_json = serde_json::to_value(plan).unwrap();
+    let n = change_for(e, &plan_json).await;
+    approve_change(e, n, &plan_digest(&plan_json)).await;
+    let id = e.submit_for_change("t", &plan_json, "t", None, n).await.unwrap();
+    e.release(id, "t").await.unwrap();
+    id
+}
+
 #[tokio::test]
-async fn a_mutating_run_waits_for_a_human_approval_then_runs_in_order() {
+async fn a_mutating_run_runs_only_for_a_change_approved_for_its_exact_plan() {
     let (_d, e, rec) = engine().await;
-    let id = e.submit(&plan(&[pve("a", ""), pve("b", "a"), pve("c", "b")].concat()), "ann").await.unwrap();
+    let p = plan(&[pve("a", ""), pve("b", "a"), pve("c", "b")].concat());
+    let plan_json = serde_json::to_value(&p).unwrap();
+
+    // No change at all: it waits, and cannot be released.
+    let orphan = e.submit(&p, "mallory").await.unwrap();
+    let Driven::Waiting { reasons } = e.drive(orphan).await.unwrap() else { panic!() };
+    assert!(reasons[0].contains("belongs to no change"), "{reasons:?}");
+    let err = e.release(orphan, "mallory").await.unwrap_err().to_string();
+    assert!(err.contains("belongs to no change"), "{err}");
+
+    // A change not approved yet.
+    let n = change_for(&e, &plan_json).await;
+    let id = e.submit_for_change("t", &plan_json, "t", None, n).await.unwrap();
     let Driven::Waiting { reasons } = e.drive(id).await.unwrap() else { panic!() };
-    assert!(reasons[0].contains(&format!("labops workflow approve {id}")), "{reasons:?}");
-    assert!(rec.log().is_empty(), "nothing runs before approval");
-    assert!(e.approve(id, " ").await.is_err(), "an approval names its approver");
-    e.approve(id, "ann").await.unwrap();
-    assert!(e.approve(id, "ann").await.unwrap_err().to_string().contains("not awaiting approval"));
-    assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "succeeded".into() });
+    assert!(reasons[0].contains(&format!("labops change approve chg-{n}")), "{reasons:?}");
+    let err = e.release(id, "t").await.unwrap_err().to_string();
+    assert!(err.contains("is awaiting_approval, not approved"), "{err}");
+
+    // Approved, but for another plan: a run of this plan is refused.
+    let other = serde_json::to_value(plan(&[pve("a", ""), pve("b", "a")].concat())).unwrap();
+    approve_change(&e, n, &plan_digest(&other)).await;
+    let err = e.release(id, "t").await.unwrap_err().to_string();
+    assert!(err.contains("the plan is now") && err.contains("approve it again"), "{err}");
+    assert!(rec.log().is_empty(), "nothing ran");
+    let refusals: Vec<_> = e.store().audit_recent(50).await.unwrap().into_iter().filter(|a| a.outcome == "refused").collect();
+    assert_eq!(refusals.len(), 3, "every refusal is audited: {refusals:?}");
+
+    // Approved for exactly this plan: it runs, in order.
+    let ok = approved(&e, &p).await;
+    assert_eq!(e.drive(ok).await.unwrap(), Driven::Finished { outcome: "succeeded".into() });
     assert_eq!(rec.log(), ["do a", "do b", "do c"]);
-    let st = e.status(id).await.unwrap();
-    assert_eq!(st.run.approved_by.as_deref(), Some("ann"));
+    let st = e.status(ok).await.unwrap();
+    assert_eq!(st.run.approved_by.as_deref(), Some("ann"), "the approver is the change's human");
     assert!(st.locks.is_empty(), "locks end with the run");
-    assert_eq!(kinds(&e, id).await.first().map(String::as_str), Some("created"));
+    assert_eq!(kinds(&e, ok).await.first().map(String::as_str), Some("created"));
+}
+
+#[tokio::test]
+async fn the_driver_checks_the_approval_again_before_the_first_step() {
+    let (_d, e, rec) = engine().await;
+    let p = plan(&[pve("a", ""), pve("b", "a")].concat());
+    let id = approved(&e, &p).await;
+    // Between release and the first step, the run's plan is altered behind labops's back.
+    let run = e.store().run(id).await.unwrap().unwrap();
+    let mut tampered = run.plan.clone();
+    tampered["stages"][0]["steps"][0]["fields"]["vmid"] = json!(666);
+    let n = run.change_id.unwrap();
+    // The store offers no way to edit a run's plan; a second run with the tampered plan stands in.
+    let forged = e.submit_for_change("t", &tampered, "mallory", None, n).await.unwrap();
+    assert!(e.release(forged, "mallory").await.is_err());
+    // Forced into `running` anyway (a bug, or a hand-edited database): the driver refuses it.
+    assert!(e.store().approve_run(forged, "mallory", 3).await.unwrap());
+    assert_eq!(e.drive(forged).await.unwrap(), Driven::Finished { outcome: "failed".into() });
+    assert!(rec.log().is_empty(), "no step of the forged run ran: {:?}", rec.log());
+    assert!(kinds(&e, forged).await.contains(&"refused".to_string()));
+    let report = e.status(forged).await.unwrap().run.report.unwrap();
+    assert!(report["reason"].as_str().unwrap().contains("approve it again"), "{report}");
+    // The genuine run still runs.
+    assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "succeeded".into() });
 }
 
 #[tokio::test]
@@ -137,8 +213,7 @@ async fn a_failure_after_retries_rolls_back_completed_steps_in_reverse() {
     let (_d, e, rec) = engine().await;
     *rec.fail.lock().unwrap() = Some("d".into());
     *rec.flaky.lock().unwrap() = 1;
-    let id = e.submit(&plan(&[pve("a", ""), pve("b", "a"), pve("c", "b"), pve("d", "c"), pve("e", "d")].concat()), "t").await.unwrap();
-    e.approve(id, "ann").await.unwrap();
+    let id = approved(&e, &plan(&[pve("a", ""), pve("b", "a"), pve("c", "b"), pve("d", "c"), pve("e", "d")].concat())).await;
     assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "rolled_back".into() });
     assert_eq!(
         rec.log(),
@@ -158,8 +233,7 @@ async fn a_failure_after_retries_rolls_back_completed_steps_in_reverse() {
 async fn a_human_step_waits_and_its_answer_carries_the_run() {
     let (_d, e, rec) = engine().await;
     let steps = "    - name: buy-disk\n      type: external-task\n      instructions: Buy a 2TB NVMe\n      waitForHuman: true\n      form: {serial: the disk's serial number}\n".to_string() + &pve("use-disk", "buy-disk");
-    let id = e.submit(&plan(&steps), "t").await.unwrap();
-    e.approve(id, "ann").await.unwrap();
+    let id = approved(&e, &plan(&steps)).await;
     let Driven::Waiting { reasons } = e.drive(id).await.unwrap() else { panic!() };
     assert!(reasons[0].contains("Buy a 2TB NVMe") && reasons[0].contains("complete-step"), "{reasons:?}");
     assert!(e.complete_step(id, "use-disk", Ok(json!({})), "ann").await.unwrap_err().to_string().contains("not waiting"));
@@ -176,16 +250,14 @@ async fn a_human_step_waits_and_its_answer_carries_the_run() {
 async fn a_human_failing_a_step_rolls_back_and_cancel_undoes_too() {
     let (_d, e, rec) = engine().await;
     let steps = pve("prep", "") + "    - name: check\n      type: external-task\n      dependencies: [prep]\n";
-    let id = e.submit(&plan(&steps), "t").await.unwrap();
-    e.approve(id, "ann").await.unwrap();
+    let id = approved(&e, &plan(&steps)).await;
     assert!(matches!(e.drive(id).await.unwrap(), Driven::Waiting { .. }));
     e.complete_step(id, "check", Err("the disk is DOA".into()), "ann").await.unwrap();
     assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "rolled_back".into() });
     assert_eq!(rec.log(), ["do prep", "undo prep"]);
     assert!(e.status(id).await.unwrap().run.report.unwrap()["reason"].as_str().unwrap().contains("the disk is DOA"));
 
-    let id = e.submit(&plan(&steps), "t").await.unwrap();
-    e.approve(id, "ann").await.unwrap();
+    let id = approved(&e, &plan(&steps)).await;
     e.drive(id).await.unwrap();
     e.cancel(id, "bob").await.unwrap();
     assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "cancelled".into() });
@@ -197,8 +269,7 @@ async fn a_human_failing_a_step_rolls_back_and_cancel_undoes_too() {
 async fn a_human_step_nobody_completes_in_time_fails_the_run() {
     let (_d, e, rec) = engine().await;
     let steps = pve("prep", "") + "    - name: check\n      type: external-task\n      dependencies: [prep]\n      timeout: 200ms\n";
-    let id = e.submit(&plan(&steps), "t").await.unwrap();
-    e.approve(id, "ann").await.unwrap();
+    let id = approved(&e, &plan(&steps)).await;
     assert!(matches!(e.drive(id).await.unwrap(), Driven::Waiting { .. }));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "rolled_back".into() });
@@ -213,10 +284,8 @@ async fn a_human_step_nobody_completes_in_time_fails_the_run() {
 async fn two_runs_on_the_same_vm_do_not_overlap() {
     let (_d, e, _rec) = engine().await;
     let steps = pve("start", "") + "    - name: wait\n      type: external-task\n      dependencies: [start]\n";
-    let one = e.submit(&plan(&steps), "t").await.unwrap();
-    let two = e.submit(&plan(&pve("other", "")), "t").await.unwrap();
-    e.approve(one, "ann").await.unwrap();
-    e.approve(two, "ann").await.unwrap();
+    let one = approved(&e, &plan(&steps)).await;
+    let two = approved(&e, &plan(&pve("other", ""))).await;
     assert!(matches!(e.drive(one).await.unwrap(), Driven::Waiting { .. }));
     let Driven::Waiting { reasons } = e.drive(two).await.unwrap() else { panic!() };
     assert_eq!(reasons, [format!("lock: vm/100 is held by run {one}")]);
@@ -235,8 +304,7 @@ async fn independent_branches_run_and_a_join_waits_for_both() {
         "    - name: join\n      type: milestone\n      dependencies: [left, right]\n".into(),
     ]
     .concat();
-    let id = e.submit(&plan(&steps), "t").await.unwrap();
-    e.approve(id, "ann").await.unwrap();
+    let id = approved(&e, &plan(&steps)).await;
     assert_eq!(e.drive(id).await.unwrap(), Driven::Finished { outcome: "succeeded".into() });
     let mut log = rec.log();
     log.sort();
@@ -249,8 +317,7 @@ async fn independent_branches_run_and_a_join_waits_for_both() {
 #[tokio::test]
 async fn a_step_interrupted_mid_flight_is_verified_before_it_is_redone() {
     let (_d, e, rec) = engine().await;
-    let id = e.submit(&plan(&[pve("a", ""), pve("b", "a")].concat()), "t").await.unwrap();
-    e.approve(id, "ann").await.unwrap();
+    let id = approved(&e, &plan(&[pve("a", ""), pve("b", "a")].concat())).await;
     // As a crash leaves it: `a` recorded running; it did happen (the target knows), `b` did not.
     rec.done.lock().unwrap().push("a".into());
     let store = e.store();
@@ -265,8 +332,7 @@ async fn a_step_interrupted_mid_flight_is_verified_before_it_is_redone() {
 #[tokio::test]
 async fn an_interrupted_step_that_cannot_be_checked_waits_for_a_human_and_is_not_redone() {
     let (_d, e, rec) = engine().await;
-    let id = e.submit(&plan(&[pve("shell-cmd", ""), pve("after", "shell-cmd")].concat()), "t").await.unwrap();
-    e.approve(id, "ann").await.unwrap();
+    let id = approved(&e, &plan(&[pve("shell-cmd", ""), pve("after", "shell-cmd")].concat())).await;
     let store = e.store();
     let mut s = store.run_steps(id).await.unwrap().remove(0);
     s.state = "running".into();
@@ -284,10 +350,9 @@ async fn an_interrupted_step_that_cannot_be_checked_waits_for_a_human_and_is_not
 #[tokio::test]
 async fn an_irreversible_step_waits_for_its_own_go_ahead() {
     let (_d, e, rec) = engine().await;
-    let id = e.submit(&plan(&[pve("prep", ""), pve("danger-zpool-add", "prep")].concat()), "t").await.unwrap();
-    e.approve(id, "ann").await.unwrap();
+    let id = approved(&e, &plan(&[pve("prep", ""), pve("danger-zpool-add", "prep")].concat())).await;
     let Driven::Waiting { reasons } = e.drive(id).await.unwrap() else { panic!() };
-    assert!(reasons[0].contains("cannot be undone") && reasons[0].contains(&format!("approve {id} --step danger-zpool-add")), "{reasons:?}");
+    assert!(reasons[0].contains("cannot be undone") && reasons[0].contains(&format!("labops workflow confirm {id} danger-zpool-add")), "{reasons:?}");
     assert_eq!(rec.log(), ["do prep"], "the irreversible step has not run");
     assert!(e.confirm_step(id, "prep", "ann").await.is_err(), "only a step that waits for it can be confirmed");
     e.confirm_step(id, "danger-zpool-add", "ann").await.unwrap();

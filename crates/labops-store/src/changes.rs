@@ -286,6 +286,12 @@ impl Store {
         }
     }
 
+    /// The newest run created for a change, if any (found again after a crash between creating
+    /// the run and recording it on the change).
+    pub async fn run_of_change(&self, number: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query("SELECT MAX(id) FROM runs WHERE change_id = ?").bind(number).fetch_one(&self.pool).await?.get(0))
+    }
+
     /// The newest `limit` changes, newest first; only those still moving when `open`.
     pub async fn changes(&self, open: bool, limit: u32) -> Result<Vec<ChangeRecord>> {
         let sql = if open {

@@ -52,6 +52,83 @@ pub struct Config {
     /// `[git]`: the GitOps repository `git-commit` steps commit to. Absent: no `git-commit`.
     #[serde(default)]
     pub git: Option<labops_engine::runs::git::GitSettings>,
+    /// `[gitops]`: the repository every change documents itself in and whose commit closes its
+    /// issue. Absent: changes run and validate but cannot close.
+    #[serde(default)]
+    pub gitops: Option<GitOpsConfig>,
+    /// `[forge]`: where change issues live.
+    #[serde(default)]
+    pub forge: ForgeConfig,
+}
+
+/// `[gitops]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitOpsConfig {
+    /// The work tree of the GitOps repository.
+    pub path: PathBuf,
+    /// The remote each change's commit is pushed to (`origin`); absent: commits stay local.
+    #[serde(default)]
+    pub remote: Option<String>,
+    /// The branch pushed to (default `main`).
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Author and committer name of labops' commits.
+    #[serde(default = "default_author_name")]
+    pub author_name: String,
+    /// Author and committer email.
+    #[serde(default = "default_author_email")]
+    pub author_email: String,
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_author_name() -> String {
+    "labops".into()
+}
+fn default_author_email() -> String {
+    "labops@localhost".into()
+}
+
+impl GitOpsConfig {
+    /// The engine's settings.
+    pub fn settings(&self) -> labops_engine::changes::gitops::GitOpsSettings {
+        labops_engine::changes::gitops::GitOpsSettings {
+            path: self.path.clone(),
+            remote: self.remote.clone(),
+            branch: self.branch.clone(),
+            author_name: self.author_name.clone(),
+            author_email: self.author_email.clone(),
+        }
+    }
+}
+
+/// `[forge]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeConfig {
+    /// `local` (default: issues in the state database, mirrored as markdown under
+    /// `issues/` in the GitOps repository) or `github`.
+    #[serde(default)]
+    pub kind: ForgeKind,
+    /// For GitHub: `owner/name`.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// For GitHub: a file holding a token allowed to write issues.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Which forge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForgeKind {
+    /// The embedded forge.
+    #[default]
+    Local,
+    /// GitHub's REST API.
+    Github,
 }
 
 /// `[workflows]`
@@ -298,6 +375,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &["user", "port", "identity_file", "known_hosts_file", "strict_host_key_checking", "connect_timeout_seconds", "hosts"],
     ),
     ("git", &["repository", "author_name", "author_email"]),
+    ("gitops", &["path", "remote", "branch", "author_name", "author_email"]),
+    ("forge", &["kind", "repo", "token_file"]),
 ];
 const HOST_FIELDS: &[&str] = &["name", "address", "role", "labels"];
 
@@ -401,6 +480,13 @@ pub fn load(explicit: Option<&Path>) -> Loaded {
     check_field::<usize>(&f, "server.max_body_bytes", &mut errors);
     check_field::<usize>(&f, "workflows.steps_at_once", &mut errors);
     check_field::<usize>(&f, "workflows.parallel_branches", &mut errors);
+    check_field::<PathBuf>(&f, "gitops.path", &mut errors);
+    for k in ["remote", "branch", "author_name", "author_email"] {
+        check_field::<String>(&f, &format!("gitops.{k}"), &mut errors);
+    }
+    check_field::<ForgeKind>(&f, "forge.kind", &mut errors);
+    check_field::<String>(&f, "forge.repo", &mut errors);
+    check_field::<PathBuf>(&f, "forge.token_file", &mut errors);
     if let Ok(hosts) = f.extract_inner::<Vec<figment::value::Value>>("hosts") {
         for (i, h) in hosts.iter().enumerate() {
             let Some(dict) = h.as_dict() else {
@@ -453,6 +539,20 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Problem>) {
     let mut err = |path: &str, message: String| errors.push(Problem { path: path.into(), message });
+    if c.forge.kind == ForgeKind::Github {
+        err(
+            "forge.kind",
+            "\"github\" is not available in this build yet (the GitHub client is still being written); use kind = \"local\", whose issues live under issues/ in the GitOps repository".into(),
+        );
+    }
+    if let Some(g) = &c.gitops {
+        if !g.path.join(".git").exists() {
+            err("gitops.path", format!("{} is not a git work tree (no .git); clone your GitOps repository there or fix the path", g.path.display()));
+        }
+        if g.branch.trim().is_empty() || g.branch.contains(char::is_whitespace) {
+            err("gitops.branch", format!("{:?} is not a branch name", g.branch));
+        }
+    }
     if let Some(p) = &c.proxmox {
         match p.url.split_once("://") {
             Some(("https" | "http", rest)) if !rest.is_empty() => {}

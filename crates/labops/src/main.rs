@@ -1,6 +1,7 @@
 //! The `labops` binary: parses the command line, loads the config, wires the lab, and calls the
 //! same service functions the MCP server and the REST API use.
 
+mod change_cmd;
 mod config;
 mod render;
 mod runs_cmd;
@@ -52,6 +53,12 @@ enum Command {
     Workflow {
         #[command(subcommand)]
         command: workflow_cmd::WorkflowCommand,
+    },
+    /// Changes to the lab: propose one (workflow, analysis, ROI), approve or reject it as a
+    /// human, follow it through execution, validation, documentation and its `fixes #N` commit.
+    Change {
+        #[command(subcommand)]
+        command: change_cmd::ChangeCommand,
     },
     /// Serve MCP over stdio (for Claude Code and other MCP clients that spawn labops).
     Mcp,
@@ -179,6 +186,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         tracing::warn!(field = %w.path, "{}", w.message);
     }
     let cfg = loaded.config.expect("no errors means a config");
+    if let Command::Change { command } = &cli.command {
+        let store = open_store(&cfg, cli.data_dir.clone()).await?;
+        return change_cmd::run(command, &cfg, store).await;
+    }
     if let Command::Workflow { command } = &cli.command {
         let store = open_store(&cfg, cli.data_dir.clone()).await?;
         // Starting a run resolves what its steps name against the live inventory.
@@ -196,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let lab = start_lab(&cfg, cli.data_dir.clone()).await?;
 
     let code = match cli.command {
-        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } => unreachable!("handled above"),
         Command::Mcp => {
             labops_server::serve_stdio(lab.clone()).await.map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
             ExitCode::SUCCESS
@@ -292,6 +303,12 @@ async fn start_lab(cfg: &config::Config, data_dir: Option<PathBuf>) -> anyhow::R
 
 /// The lab over an open store: one source per configured integration.
 async fn start_lab_with(cfg: &config::Config, store: labops_store::Store) -> anyhow::Result<Lab> {
+    let sources = lab_sources(cfg)?;
+    Ok(Lab::start(LabOptions { name: cfg.lab.name.clone(), demo: cfg.lab.demo, sources }, Some(store)).await)
+}
+
+/// One inventory source per configured integration.
+pub(crate) fn lab_sources(cfg: &config::Config) -> anyhow::Result<Vec<SourceSpec>> {
     let mut sources = Vec::new();
     if let Some(p) = &cfg.proxmox {
         if p.insecure {
@@ -312,7 +329,7 @@ async fn start_lab_with(cfg: &config::Config, store: labops_store::Store) -> any
     if !cfg.hosts.is_empty() {
         sources.push(SourceSpec::Static { part: static_hosts::to_part(&cfg.hosts) });
     }
-    Ok(Lab::start(LabOptions { name: cfg.lab.name.clone(), demo: cfg.lab.demo, sources }, Some(store)).await)
+    Ok(sources)
 }
 
 fn parse_kind(k: Option<&str>) -> anyhow::Result<Option<EntityKind>> {
@@ -399,7 +416,7 @@ fn one_shot(lab: &Lab, cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Workloads { namespace, node, json } => {
             answer(lab.k8s_workloads(&WorkloadFilter { namespace, node }), json, render::workloads)?
         }
-        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Mcp | Command::Serve { .. } => {
+        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Mcp | Command::Serve { .. } => {
             unreachable!("not one-shot")
         }
     })

@@ -1,4 +1,4 @@
-//! `labops workflow run|runs|status|approve|complete-step|cancel|resume`: runs in the state
+//! `labops workflow run|runs|status|confirm|complete-step|cancel|resume`: runs in the state
 //! database, driven by whoever acts on them. Every command here is a thin wrapper around
 //! [`labops_engine::runs::Engine`].
 
@@ -45,6 +45,16 @@ pub fn run_id(s: &str) -> anyhow::Result<i64> {
     s.trim_start_matches("run-")
         .parse()
         .map_err(|_| anyhow::anyhow!("{s:?} is not a run number; `labops workflow runs` lists them"))
+}
+
+/// Drives a run, then, when it belongs to a change and has ended, moves the change on.
+async fn drive_then_change(changes: &labops_engine::changes::Changes, id: i64) -> anyhow::Result<ExitCode> {
+    let code = drive_and_report(changes.engine(), id, false).await?;
+    let run = changes.engine().status(id).await?.run;
+    match run.change_id {
+        Some(n) if TERMINAL.contains(&run.state.as_str()) => crate::change_cmd::advance_and_report(changes, &format!("chg-{n}"), false).await,
+        _ => Ok(code),
+    }
 }
 
 /// Drives a run once and prints where it stands.
@@ -203,7 +213,7 @@ pub async fn follow(engine: &Engine, id: i64) -> anyhow::Result<ExitCode> {
             .map(|s| format!("{} ({})", s.name, s.state.replace('_', " ")))
             .collect();
         let say = if run.state == "awaiting_approval" {
-            format!("waiting for approval: `labops workflow approve {id}` in another terminal")
+            format!("waiting for its change's approval: `labops change approve` in another terminal")
         } else if !waits.is_empty() {
             format!("waiting for: {} (`labops workflow status {id}` says what to do)", waits.join(", "))
         } else {
@@ -235,7 +245,10 @@ pub fn print_status(s: &RunStatus) {
     println!("run {} ({}): {}", r.id, r.workflow, r.state);
     println!("  started by {}; {}", r.created_by, match (&r.approved_by, r.needs_approval) {
         (Some(by), _) => format!("approved by {by}"),
-        (None, true) => format!("awaiting approval (`labops workflow approve {}`)", r.id),
+        (None, true) => match r.change_id {
+            Some(n) => format!("awaiting the approval of change chg-{n} (`labops change approve chg-{n}`)"),
+            None => "changes the lab but belongs to no change: it never runs (`labops change propose`)".to_string(),
+        },
         (None, false) => "no approval needed (it changes nothing)".to_string(),
     });
     if let Some(by) = &r.cancel_requested {
@@ -255,7 +268,7 @@ pub fn print_status(s: &RunStatus) {
                 st.name
             ),
             "awaiting_confirmation" => {
-                format!("{} -> `labops workflow approve {} --step {}`", st.error.as_deref().unwrap_or(""), r.id, st.name)
+                format!("{} -> `labops workflow confirm {} {}`", st.error.as_deref().unwrap_or(""), r.id, st.name)
             }
             _ => st.error.clone().unwrap_or_default(),
         };
@@ -344,11 +357,24 @@ pub async fn run_state(
     lab: Option<&labops_engine::Lab>,
 ) -> anyhow::Result<ExitCode> {
     use crate::workflow_cmd::{WorkflowCommand as W, plan_file};
-    let engine = engine(cfg, store.clone()).await?;
+    let changes = crate::change_cmd::service(cfg, store.clone()).await?;
+    let engine = changes.engine().clone();
     match cmd {
         W::Run { file, set, values, follow: follow_it, json, actor: who } => {
             let who = actor(who.as_deref());
             let Some((_, plan)) = plan_file(file, set, values.as_deref())? else { return Ok(ExitCode::from(1)) };
+            if plan.mutating_steps > 0 {
+                let changing: Vec<&str> =
+                    plan.stages.iter().flat_map(|s| &s.steps).filter(|s| s.mutates).map(|s| s.name.as_str()).collect();
+                eprintln!(
+                    "error: {} changes the lab ({}), so it runs as a change: propose it with `labops change propose {} --proposal PROPOSAL.yaml`, a human approves it with `labops change approve`, and labops executes, validates, documents and commits it",
+                    file.display(),
+                    changing.join(", "),
+                    file.display()
+                );
+                audit(&store, &who, "workflow_run", 0, "refused: changes the lab without a change", json!({"workflow": plan.workflow})).await;
+                return Ok(ExitCode::from(1));
+            }
             let (inventory, freshness) = match lab {
                 Some(l) => {
                     l.wait_until_reported(Duration::from_secs(20)).await;
@@ -387,22 +413,17 @@ pub async fn run_state(
             if *json { println!("{}", serde_json::to_string_pretty(&s)?) } else { print_status(&s) }
             Ok(ExitCode::SUCCESS)
         }
-        W::Approve { run, step, actor: who } => {
+        W::Confirm { run, step, actor: who } => {
             let id = run_id(run)?;
             let who = actor(who.as_deref());
-            let result = match step {
-                Some(step) => engine.confirm_step(id, step, &who).await,
-                None => engine.approve(id, &who).await,
-            };
-            let action = if step.is_some() { "workflow_confirm_step" } else { "workflow_approve" };
-            match result {
+            match engine.confirm_step(id, step, &who).await {
                 Ok(()) => {
-                    audit(&store, &who, action, id, "ok", json!({"step": step})).await;
-                    println!("run {id}: {} by {who}", if step.is_some() { "step confirmed" } else { "approved" });
-                    drive_and_report(&engine, id, false).await
+                    audit(&store, &who, "workflow_confirm_step", id, "ok", json!({"step": step})).await;
+                    println!("run {id}: step {step} confirmed by {who}");
+                    drive_then_change(&changes, id).await
                 }
                 Err(e) => {
-                    audit(&store, &who, action, id, &format!("refused: {e}"), json!({"step": step})).await;
+                    audit(&store, &who, "workflow_confirm_step", id, &format!("refused: {e}"), json!({"step": step})).await;
                     eprintln!("error: {e}");
                     Ok(ExitCode::from(1))
                 }
@@ -419,7 +440,7 @@ pub async fn run_state(
                 Ok(()) => {
                     audit(&store, &who, "workflow_complete_step", id, "ok", json!({"step": step, "failed": failed})).await;
                     println!("run {id}: step {step} marked {}", if result.is_ok() { "done" } else { "failed" });
-                    drive_and_report(&engine, id, false).await
+                    drive_then_change(&changes, id).await
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -434,7 +455,7 @@ pub async fn run_state(
                 Ok(()) => {
                     audit(&store, &who, "workflow_cancel", id, "ok", Value::Null).await;
                     println!("run {id}: cancel requested by {who}; undoing what it did");
-                    drive_and_report(&engine, id, false).await
+                    drive_then_change(&changes, id).await
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -460,6 +481,13 @@ pub async fn run_state(
                     Driven::Busy { owner } => format!("driven by {owner}"),
                 };
                 println!("run {id}: {line}");
+            }
+            // Changes whose runs ended go on to validation, documentation and their commit.
+            for (cid, r) in changes.advance_all().await {
+                match r {
+                    Ok(a) => println!("{cid}: {}", crate::change_cmd::advanced_line(&a)),
+                    Err(e) => println!("{cid}: {e}"),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

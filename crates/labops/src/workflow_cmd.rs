@@ -38,8 +38,9 @@ pub enum WorkflowCommand {
         /// The workflow.
         file: PathBuf,
     },
-    /// Start a run of a workflow. A run that changes the lab waits for `approve`; the others
-    /// start at once. Without --follow, drives it until it ends or waits for a human.
+    /// Start a run of a workflow that changes nothing (checks, human tasks). A workflow that
+    /// changes the lab is a change: `labops change propose`. Without --follow, drives the run
+    /// until it ends or waits for a human.
     Run {
         /// The workflow.
         file: PathBuf,
@@ -79,16 +80,14 @@ pub enum WorkflowCommand {
         #[arg(long)]
         follow: bool,
     },
-    /// Approve a run that changes the lab (a human act: there is no MCP tool for it), or with
-    /// --step give the go-ahead to a step that waits for one (an irreversible command). Then
-    /// drives the run.
-    Approve {
+    /// Give the go-ahead to a step that waits for one (an irreversible command), then drive the
+    /// run. (A run is approved through its change: `labops change approve`.)
+    Confirm {
         /// The run.
         run: String,
-        /// Confirm this step instead of approving the run.
-        #[arg(long)]
-        step: Option<String>,
-        /// The approver (default: $USER).
+        /// The step.
+        step: String,
+        /// Who (default: $USER).
         #[arg(long = "as", value_name = "NAME")]
         actor: Option<String>,
     },

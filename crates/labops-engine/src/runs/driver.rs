@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use labops_core::change::{ChangeState, plan_digest};
 use labops_core::inventory::Inventory;
 use labops_core::workflow::{Availability, Plan};
-use labops_store::Store;
+use labops_store::{AuditEntry, Store};
 use labops_store::runs::{NewEvent, RunHead, RunRecord, StepRecord, TERMINAL};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -188,20 +189,67 @@ impl Engine {
     /// (the live lab): an unknown or ambiguous name refuses the run with the real candidates, and
     /// a guest a step would create must not exist yet.
     pub async fn submit_grounded(&self, plan: &Plan, by: &str, inventory: Option<&Inventory>) -> Result<i64> {
+        self.submit_inner(plan, by, inventory, None).await
+    }
+
+    /// Submits the run that executes change `change` (a number in the store's changes), from
+    /// the plan stored on the change (checked in full when the change was proposed; its steps
+    /// are checked again here against the lab as it is now). The run waits until
+    /// [`Engine::release`] finds the change approved for exactly this plan.
+    pub async fn submit_for_change(&self, workflow: &str, plan: &Value, by: &str, inventory: Option<&Inventory>, change: i64) -> Result<i64> {
+        let problems = self.check_steps(plan, inventory);
+        if !problems.is_empty() {
+            return Err(RunError::NotRunnable(problems));
+        }
+        let steps = plan_steps(plan);
+        let needs_approval = steps.iter().any(|s| s.mutates);
+        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+        Ok(self.store.create_run(workflow, plan, needs_approval, Some(change), by, &names, now_ms()).await?)
+    }
+
+    async fn submit_inner(&self, plan: &Plan, by: &str, inventory: Option<&Inventory>, change: Option<i64>) -> Result<i64> {
         let plan_json = serde_json::to_value(plan).map_err(|e| RunError::Refused(format!("plan does not serialize: {e}")))?;
+        let problems = self.check(plan, inventory);
+        if !problems.is_empty() {
+            return Err(RunError::NotRunnable(problems));
+        }
         let steps = plan_steps(&plan_json);
+        let needs_approval = steps.iter().any(|s| s.mutates);
+        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+        Ok(self.store.create_run(&plan.workflow, &plan_json, needs_approval, change, by, &names, now_ms()).await?)
+    }
+
+    /// Every reason `plan` cannot run here, one sentence each (none: it can): steps not
+    /// available yet, steps without an executor, executor checks, and, with an inventory, every
+    /// entity the steps name resolved against it.
+    pub fn check(&self, plan: &Plan, inventory: Option<&Inventory>) -> Vec<String> {
+        let plan_json = match serde_json::to_value(plan) {
+            Ok(v) => v,
+            Err(e) => return vec![format!("plan does not serialize: {e}")],
+        };
         let mut problems = Vec::new();
+        let mut cannot: HashSet<String> = HashSet::new();
         for s in plan.stages.iter().flat_map(|st| &st.steps) {
             if let Availability::Later(needs) = s.availability {
                 problems.push(format!("step `{}` ({}) is not available yet: {needs}", s.name, s.step_type));
             } else if !s.include_when.is_empty() || !s.for_each.is_empty() {
                 problems.push(format!("step `{}` uses includeWhen/forEach, which only kro evaluates", s.name));
-            }
-        }
-        for s in &steps {
-            if problems.iter().any(|p| p.starts_with(&format!("step `{}` ", s.name))) {
+            } else {
                 continue;
             }
+            cannot.insert(format!("step `{}`", s.name));
+        }
+        // A step that cannot run at all is reported once, not again for its fields.
+        let stepwise = self.check_steps(&plan_json, inventory);
+        problems.extend(stepwise.into_iter().filter(|p| !cannot.iter().any(|c| p.starts_with(c.as_str()))));
+        problems
+    }
+
+    /// The per-step part of [`Engine::check`], on a stored plan.
+    fn check_steps(&self, plan: &Value, inventory: Option<&Inventory>) -> Vec<String> {
+        let steps = plan_steps(plan);
+        let mut problems = Vec::new();
+        for s in &steps {
             match self.registry.get(&s.step_type) {
                 None => problems.push(format!(
                     "step `{}` ({}) has no executor here: configure its integration in labops.toml ({})",
@@ -215,12 +263,41 @@ impl Engine {
         if let Some(inv) = inventory {
             problems.extend(ground(&self.registry, &steps, inv));
         }
-        if !problems.is_empty() {
-            return Err(RunError::NotRunnable(problems));
-        }
-        let needs_approval = steps.iter().any(|s| s.mutates);
-        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
-        Ok(self.store.create_run(&plan.workflow, &plan_json, needs_approval, by, &names, now_ms()).await?)
+        problems
+    }
+
+    /// The entities the steps of a stored plan lock (change), sorted.
+    pub fn targets(&self, plan: &Value) -> Vec<String> {
+        let mut out: Vec<String> =
+            plan_steps(plan).iter().filter_map(|s| self.registry.get(&s.step_type).map(|e| e.targets(s))).flatten().collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// What each step of a stored plan names or creates: (step, ground).
+    pub fn grounds(&self, plan: &Value) -> Vec<(String, Ground)> {
+        plan_steps(plan)
+            .iter()
+            .filter_map(|s| self.registry.get(&s.step_type).map(|e| (s, e)))
+            .flat_map(|(s, e)| e.grounding(s).into_iter().map(move |g| (s.name.clone(), g)))
+            .collect()
+    }
+
+    /// Asks a step's executor whether what the step did still holds in the lab.
+    pub async fn verify_step(&self, id: i64, step: &str) -> Result<Verified> {
+        let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
+        let Some(s) = plan_steps(&run.plan).into_iter().find(|s| s.name == step) else {
+            return Err(RunError::Refused(format!("run {id} has no step `{step}`")));
+        };
+        let rec = self.store.run_steps(id).await?.into_iter().find(|r| r.name == step);
+        let Some(exec) = self.registry.get(&s.step_type).cloned() else {
+            return Ok(Verified::Unknown(format!("no executor for {} here", s.step_type)));
+        };
+        let intent = rec.as_ref().and_then(|r| r.intent.clone()).unwrap_or(Value::Null);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let cx = StepCx::new(id, s, rec.map_or(1, |r| r.attempt), tx);
+        Ok(exec.verify(&cx, &intent).await)
     }
 
     /// A run with its steps and locks.
@@ -229,16 +306,66 @@ impl Engine {
         Ok(RunStatus { steps: self.store.run_steps(id).await?, locks: self.store.run_locks(id).await?, run })
     }
 
-    /// A human approves a run awaiting approval.
-    pub async fn approve(&self, id: i64, approver: &str) -> Result<()> {
-        if approver.trim().is_empty() {
-            return Err(RunError::Refused("an approval needs the approver's name (--as NAME)".into()));
+    /// Lets a run that changes the lab start, once its change is approved for exactly its plan.
+    /// There is no other way out of `awaiting_approval`: a run tied to no change, to a change
+    /// not approved, or to an approval given for another plan is refused, and the refusal is
+    /// audited.
+    pub async fn release(&self, id: i64, actor: &str) -> Result<()> {
+        let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
+        if run.state != "awaiting_approval" {
+            return Err(RunError::Refused(format!("run {id} is not waiting for its change's approval (it is {})", run.state)));
         }
-        if self.store.approve_run(id, approver, now_ms()).await? {
+        if let Err(why) = self.gate(&run).await? {
+            self.audit_refusal(actor, "run_release", id, &why).await;
+            return Err(RunError::Refused(why));
+        }
+        let approver = match self.store.change_of_run(id).await? {
+            Some(c) => c.change.history.iter().rev().find(|t| t.to == ChangeState::Approved).map(|t| t.actor.to_string()),
+            None => None,
+        };
+        if self.store.approve_run(id, approver.as_deref().unwrap_or(actor), now_ms()).await? {
             return Ok(());
         }
         let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
-        Err(RunError::Refused(format!("run {id} is not awaiting approval (it is {})", run.state)))
+        Err(RunError::Refused(format!("run {id} is not waiting for its change's approval (it is {})", run.state)))
+    }
+
+    /// The gate every run that changes the lab passes before its first step: tied to a change
+    /// that a human approved, for the digest of this run's plan. `Ok(Err(why))` when refused.
+    pub(crate) async fn gate(&self, run: &RunRecord) -> Result<std::result::Result<(), String>> {
+        if !run.needs_approval && !plan_steps(&run.plan).iter().any(|s| s.mutates) {
+            return Ok(Ok(()));
+        }
+        let Some(number) = run.change_id else {
+            return Ok(Err(format!(
+                "run {} changes the lab but belongs to no change; every change goes through `labops change propose` and a human's approval",
+                run.id
+            )));
+        };
+        let Some(change) = self.store.change(number).await? else {
+            return Ok(Err(format!("run {} names change chg-{number}, which does not exist", run.id)));
+        };
+        if !matches!(change.change.state, ChangeState::Approved | ChangeState::Executing) {
+            return Ok(Err(format!(
+                "change {} is {}, not approved; a human approves it with `labops change approve {}`",
+                change.change.id, change.change.state, change.change.id
+            )));
+        }
+        Ok(change.change.check_plan(&plan_digest(&run.plan)).map_err(|e| e.to_string()))
+    }
+
+    async fn audit_refusal(&self, actor: &str, action: &str, run: i64, why: &str) {
+        let entry = AuditEntry {
+            at_ms: now_ms(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: Some(format!("run/{run}")),
+            outcome: "refused".into(),
+            detail: json!({"reason": why}),
+        };
+        if let Err(e) = self.store.audit(&entry).await {
+            tracing::warn!("audit write failed: {e}");
+        }
     }
 
     /// A human confirms a step that waits for a go-ahead (an irreversible command).
@@ -302,6 +429,18 @@ impl Engine {
                 RunError::Refused(format!("run {id} has no step `{step}`; its steps: {}", names.join(", ")))
             }
         }
+    }
+
+    /// Undoes a run that succeeded (its change failed validation): every completed step is
+    /// compensated, newest first, and the run ends `rolled_back`. Drive it to do the work.
+    pub async fn undo(&self, id: i64, actor: &str, reason: &str) -> Result<()> {
+        let run = self.store.run(id).await?.ok_or(RunError::NotFound(id))?;
+        if run.state != "succeeded" {
+            return Err(RunError::Refused(format!("run {id} is {}; only a run that succeeded is undone this way (cancel a running one)", run.state)));
+        }
+        let ev = NewEvent::run("rollback_requested", json!({"by": actor, "reason": reason}));
+        self.store.set_run_state(id, "rolling_back", None, now_ms(), &ev).await?;
+        Ok(())
     }
 
     /// Asks a run to stop and undo what it did.
@@ -529,6 +668,7 @@ impl<'a> RunDriver<'a> {
         self.done_seq.store(recs.iter().filter_map(|r| r.done_seq).max().unwrap_or(0), Ordering::SeqCst);
         let recs = self.recover(recs).await?;
         let mut locked = false;
+        let mut gated = false;
         let mut inflight: JoinSet<(String, Result<()>)> = JoinSet::new();
         let mut running: HashSet<String> = HashSet::new();
         // The first pass works from what was just read, unless recovery changed it.
@@ -543,9 +683,11 @@ impl<'a> RunDriver<'a> {
                 return Ok(Driven::Finished { outcome: run.state });
             }
             if run.state == "awaiting_approval" {
-                return Ok(Driven::Waiting {
-                    reasons: vec![format!("approval: it changes the lab; a human approves it with `labops workflow approve {}`", self.id)],
-                });
+                let reason = match store.change_of_run(self.id).await? {
+                    Some(c) => format!("approval: it changes the lab; a human approves change {} with `labops change approve {}`", c.change.id, c.change.id),
+                    None => "approval: it changes the lab and belongs to no change; propose it with `labops change propose`".to_string(),
+                };
+                return Ok(Driven::Waiting { reasons: vec![reason] });
             }
             // A human step with a `timeout` that nobody completed in time fails.
             let mut expired = false;
@@ -567,6 +709,20 @@ impl<'a> RunDriver<'a> {
                     j.expect("step tasks do not panic").1?;
                 }
                 return self.rollback(&run).await;
+            }
+            if !gated && run.state == "running" {
+                let record = store.run(self.id).await?.ok_or(RunError::NotFound(self.id))?;
+                let begun = recs.iter().any(|r| r.state != "pending");
+                // Checked before the first step, and again whenever a driver picks the run up
+                // before any step began; once steps ran, the rollback path needs no approval.
+                if !begun && let Err(why) = self.engine.gate(&record).await? {
+                    self.engine.audit_refusal("labops", "run_start", self.id, &why).await;
+                    let report = json!({"reason": why, "refused": true, "undone": [], "not_undone": [], "not_run": recs.iter().map(|r| &r.name).collect::<Vec<_>>()});
+                    let ev = NewEvent::run("refused", json!({"reason": why}));
+                    store.set_run_state(self.id, "failed", Some(&report), now_ms(), &ev).await?;
+                    return Ok(Driven::Finished { outcome: "failed".into() });
+                }
+                gated = true;
             }
             if !locked {
                 let mut targets: Vec<String> = Vec::new();
@@ -629,7 +785,7 @@ impl<'a> RunDriver<'a> {
                             r.name
                         )),
                         "awaiting_confirmation" => Some(format!(
-                            "step `{}`: {} (go ahead with `labops workflow approve {} --step {}`)",
+                            "step `{}`: {} (go ahead with `labops workflow confirm {} {}`)",
                             r.name,
                             r.error.as_deref().unwrap_or("confirmation"),
                             self.id,
@@ -694,7 +850,14 @@ impl<'a> RunDriver<'a> {
         let reason = match (&run.cancel_requested, &failed) {
             (Some(by), _) => format!("cancelled by {by}"),
             (None, Some(f)) => format!("step `{f}` failed: {}", failed_error.as_deref().unwrap_or("no reason given")),
-            (None, None) => "rollback resumed after a restart".into(),
+            (None, None) => store
+                .run_events(self.id, 0, u32::MAX)
+                .await?
+                .into_iter()
+                .rev()
+                .find(|e| e.kind == "rollback_requested")
+                .and_then(|e| e.detail["reason"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "rollback resumed after a restart".into()),
         };
         if run.state != "rolling_back" {
             store.set_run_state(self.id, "rolling_back", None, now_ms(), &NewEvent::run("rollback_started", json!({"reason": reason}))).await?;
