@@ -80,6 +80,23 @@ pub enum ChangeCommand {
         #[arg(long = "as", value_name = "NAME")]
         actor: Option<String>,
     },
+    /// Give a change a new plan before it runs (new parameters, a fixed workflow). Its digest
+    /// changes, so an approval given for the old plan no longer holds.
+    Replan {
+        /// The change.
+        id: String,
+        /// The workflow.
+        file: PathBuf,
+        /// A parameter value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A YAML file of parameter values.
+        #[arg(long, value_name = "FILE")]
+        values: Option<PathBuf>,
+        /// Who (default: $USER).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+    },
     /// Reject a change; it never runs.
     Reject {
         /// The change.
@@ -328,6 +345,20 @@ pub async fn run(cmd: &ChangeCommand, cfg: &Config, store: Store) -> anyhow::Res
                 Ok(c) => {
                     println!("{}: approved by {who} for plan {shown}", c.change.id);
                     advance_and_report(&changes, &c.change.id, false).await
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        ChangeCommand::Replan { id, file, set, values, actor: who } => {
+            let who = actor(who.as_deref());
+            let Some((_, plan)) = crate::workflow_cmd::plan_file(file, set, values.as_deref())? else { return Ok(ExitCode::from(1)) };
+            match changes.replan(id, &plan, Actor::Human(who)).await {
+                Ok(c) => {
+                    println!("{}: new plan {}; it is {} (approve this plan with `labops change approve {}`)", c.change.id, c.plan_digest, c.change.state, c.change.id);
+                    Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

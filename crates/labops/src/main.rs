@@ -60,6 +60,15 @@ enum Command {
         #[command(subcommand)]
         command: change_cmd::ChangeCommand,
     },
+    /// The audit log: every action taken through any interface, newest first.
+    Audit {
+        /// How many records.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve MCP over stdio (for Claude Code and other MCP clients that spawn labops).
     Mcp,
     /// Serve MCP over Streamable HTTP at /mcp and the REST API at /api/v1.
@@ -186,6 +195,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         tracing::warn!(field = %w.path, "{}", w.message);
     }
     let cfg = loaded.config.expect("no errors means a config");
+    if let Command::Audit { limit, json } = &cli.command {
+        let store = open_store(&cfg, cli.data_dir.clone()).await?;
+        let entries = store.audit_recent(*limit).await?;
+        if *json {
+            print_json(&entries)?;
+        } else {
+            let mut t = comfy_table::Table::new();
+            t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED).set_header(["when", "who", "action", "target", "outcome"]);
+            for e in entries {
+                t.add_row([labops_engine::changes::date_time(e.at_ms), e.actor, e.action, e.target.unwrap_or_default(), e.outcome]);
+            }
+            println!("{t}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Change { command } = &cli.command {
         let store = open_store(&cfg, cli.data_dir.clone()).await?;
         return change_cmd::run(command, &cfg, store).await;
@@ -207,7 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let lab = start_lab(&cfg, cli.data_dir.clone()).await?;
 
     let code = match cli.command {
-        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Audit { .. } => unreachable!("handled above"),
         Command::Mcp => {
             labops_server::serve_stdio(lab.clone()).await.map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
             ExitCode::SUCCESS
@@ -224,20 +248,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if lab.is_demo() {
                 eprintln!("DEMO LAB: serving a simulated Proxmox cluster (fakepve), not a real lab.");
             }
-            // The same process drives every workflow run: approvals and completed steps made
-            // from any CLI are picked up within a second.
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let runs = match lab.store() {
-                Some(store) => {
-                    let engine = runs_cmd::engine(&cfg, store.clone()).await?;
-                    Some(tokio::spawn(async move { engine.serve(async { let _ = stop_rx.await; }).await }))
-                }
-                None => None,
-            };
+            // The same process drives every workflow run (approvals and completed steps made
+            // from any CLI are picked up within a second) and moves approved changes on through
+            // validation, documentation and their commit.
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let mut background = Vec::new();
+            if let Some(store) = lab.store() {
+                let changes = change_cmd::service(&cfg, store.clone()).await?;
+                let engine = changes.engine().clone();
+                let mut stop = stop_rx.clone();
+                background.push(tokio::spawn(async move { engine.serve(async move { let _ = stop.wait_for(|s| *s).await; }).await }));
+                let mut stop = stop_rx.clone();
+                background.push(tokio::spawn(async move {
+                    // A change that cannot move says why once, not every second.
+                    let mut said: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+                    loop {
+                        for (id, r) in changes.advance_all().await {
+                            match r {
+                                Err(e) if said.get(&id) != Some(&e.to_string()) => {
+                                    tracing::warn!(change = %id, "{e}");
+                                    said.insert(id, e.to_string());
+                                }
+                                Err(_) => {}
+                                Ok(_) => {
+                                    said.remove(&id);
+                                }
+                            }
+                        }
+                        tokio::select! {
+                            _ = stop.wait_for(|s| *s) => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }));
+            }
             let served = labops_server::http::serve(lab.clone(), opts, shutdown_signal()).await.context("HTTP server");
-            let _ = stop_tx.send(());
-            if let Some(r) = runs {
-                let _ = r.await;
+            let _ = stop_tx.send(true);
+            for task in background {
+                let _ = task.await;
             }
             served?;
             ExitCode::SUCCESS
@@ -416,7 +464,7 @@ fn one_shot(lab: &Lab, cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Workloads { namespace, node, json } => {
             answer(lab.k8s_workloads(&WorkloadFilter { namespace, node }), json, render::workloads)?
         }
-        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Mcp | Command::Serve { .. } => {
+        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Audit { .. } | Command::Mcp | Command::Serve { .. } => {
             unreachable!("not one-shot")
         }
     })

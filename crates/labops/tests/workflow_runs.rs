@@ -1,7 +1,8 @@
-//! Workflow runs end to end through the binary, against a real fakepve: a run creates, starts,
-//! snapshots and reconfigures a VM; faults injected in the middle roll it back; and the process
-//! is SIGKILLed at 20+ points of a run and restarted, after which every side effect happened
-//! exactly once.
+//! Workflow runs end to end through the binary, against a real fakepve: a change's run creates,
+//! starts, snapshots and reconfigures a VM; faults injected in the middle roll it back (the
+//! change's issue stays open, nothing is committed); and the process is SIGKILLed at 20+ points
+//! of a run and restarted, after which every side effect happened exactly once and the change
+//! still reaches its commit.
 
 mod common;
 
@@ -47,20 +48,59 @@ spec:
       instructions: Check the VM answers
 ";
 
+const PROPOSAL: &str = "title: A test VM with a snapshot and start on boot
+analysis:
+  what: Create, start, snapshot and reconfigure a scratch VM on still-fawn
+  why: Prove the change workflow end to end
+  risk: low
+roi: {time_saved_hours_per_month: 1, learning_value: 5, complexity: 3, risk: 2}
+";
+
 struct Lab {
     fake: FakePve,
     dir: tempfile::TempDir,
     config: std::path::PathBuf,
     workflow: std::path::PathBuf,
+    proposal: std::path::PathBuf,
+}
+
+/// Runs git in `dir`; its stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A GitOps work tree `dir/gitops` with one commit, cloned from a bare `dir/remote.git`; the
+/// `[gitops]` section for it.
+pub fn gitops(dir: &Path) -> String {
+    let remote = dir.join("remote.git");
+    git(dir, &["init", "--quiet", "--bare", "-b", "main", remote.to_str().unwrap()]);
+    let work = dir.join("gitops");
+    git(dir, &["clone", "--quiet", remote.to_str().unwrap(), work.to_str().unwrap()]);
+    std::fs::write(work.join("README.md"), "# homelab GitOps\n").unwrap();
+    git(&work, &["checkout", "--quiet", "-b", "main"]);
+    git(&work, &["add", "README.md"]);
+    git(&work, &["commit", "--quiet", "-m", "Start"]);
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    format!("\n[gitops]\npath = \"{}\"\nremote = \"origin\"\nbranch = \"main\"\n", work.display())
 }
 
 fn lab() -> Lab {
     let fake = FakePve::reference();
     let dir = tempfile::tempdir().unwrap();
-    let config = fake.config(dir.path(), "");
+    let config = fake.config(dir.path(), &gitops(dir.path()));
     let workflow = dir.path().join("vm.yaml");
     std::fs::write(&workflow, WORKFLOW).unwrap();
-    Lab { fake, dir, config, workflow }
+    let proposal = dir.path().join("proposal.yaml");
+    std::fs::write(&proposal, PROPOSAL).unwrap();
+    Lab { fake, dir, config, workflow, proposal }
 }
 
 impl Lab {
@@ -80,11 +120,24 @@ impl Lab {
         text
     }
 
-    /// Starts a run for `vmid`; returns its number.
-    fn start(&self, vmid: u32) -> String {
-        let out = self.ok(&["workflow", "run", self.workflow.to_str().unwrap(), "--set", &format!("vmid={vmid}")]);
-        assert!(out.contains("waits for:") && out.contains("approve"), "{out}");
-        out.split("run ").nth(1).unwrap().split(':').next().unwrap().to_string()
+    /// Proposes the change for `vmid`; returns its id.
+    fn propose(&self, vmid: u32) -> String {
+        let out = self.ok(&["change", "propose", self.workflow.to_str().unwrap(), "--set", &format!("vmid={vmid}"), "--proposal", self.proposal.to_str().unwrap()]);
+        assert!(out.contains("labops change approve chg-"), "{out}");
+        out.split("labops change approve ").nth(1).unwrap().split('`').next().unwrap().to_string()
+    }
+
+    fn change(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["change", "show", id, "--json"])).unwrap()
+    }
+
+    /// The run executing change `id`.
+    fn run_of(&self, id: &str) -> String {
+        self.change(id)["run_id"].as_i64().unwrap_or_else(|| panic!("{id} has no run")).to_string()
+    }
+
+    fn remote_log(&self) -> Vec<String> {
+        git(&self.dir.path().join("remote.git"), &["log", "--format=%s", "main"]).lines().map(str::to_string).collect()
     }
 
     fn status(&self, run: &str) -> Value {
@@ -123,10 +176,11 @@ fn killed(out: &Output) -> bool {
 #[test]
 fn a_run_changes_a_vm_after_approval_and_rolls_back_when_the_owner_fails_it() {
     let lab = lab();
-    let run = lab.start(9100);
+    let chg = lab.propose(9100);
     assert!(lab.guest(9100).is_none(), "nothing happens before approval");
-    let out = lab.ok(&["workflow", "approve", &run]);
+    let out = lab.ok(&["change", "approve", &chg]);
     assert!(out.contains("step waiting owner-check: Check the VM answers"), "{out}");
+    let run = lab.run_of(&chg);
     let g = lab.guest(9100).expect("the VM was created");
     assert_eq!((g["status"].as_str(), g["snapshots"].as_array().unwrap().iter().any(|s| s == "before-change")), (Some("running"), true));
     assert_eq!(g["config"]["onboot"], "1", "{g}");
@@ -140,41 +194,54 @@ fn a_run_changes_a_vm_after_approval_and_rolls_back_when_the_owner_fails_it() {
     let status = lab.status(&run);
     assert_eq!(status["run"]["report"]["failed_step"], "owner-check");
     assert!(status["locks"].as_array().unwrap().is_empty());
+    // The change ends rolled back: its issue is commented and stays open; nothing is committed.
+    let c = lab.change(&chg);
+    assert_eq!(c["state"], "rolled_back", "{c}");
+    assert!(text.contains(&format!("{chg}: rolled_back")), "{text}");
+    let issue = std::fs::read_to_string(lab.dir.path().join(format!("gitops/issues/{}.md", c["issue"]))).unwrap();
+    assert!(issue.contains("state: open") && issue.contains("failed and was rolled back") && issue.contains("no answer on port 22"), "{issue}");
+    assert_eq!(lab.remote_log(), ["Start"], "nothing was committed");
 }
 
 #[test]
 fn a_fault_in_the_middle_rolls_back_what_was_done() {
     let lab = lab();
-    let run = lab.start(9101);
+    let chg = lab.propose(9101);
     // Every config change on the node fails: the task for `set-onboot` errors out.
     lab.fake.call("fail", serde_json::json!(["PUT", "/qemu/9101/config", 500, "got timeout (config lock)"]));
     lab.fake.call("fail", serde_json::json!(["POST", "/qemu/9101/config", 500, "got timeout (config lock)"]));
-    let out = lab.labops(&["workflow", "approve", &run], None);
+    let out = lab.labops(&["change", "approve", &chg], None);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(1), "{text}");
+    let run = lab.run_of(&chg);
     assert!(text.contains("step retry set-onboot"), "a lock error is retried: {text}");
-    assert!(text.contains("ended: rolled_back"), "{text}");
+    assert!(text.contains(&format!("{chg}: rolled_back")), "{text}");
     lab.fake.reset();
     assert!(lab.guest(9101).is_none(), "the VM the run created is gone: {:?}", lab.guest(9101));
     let states = step_states(&lab.status(&run));
     assert_eq!(states.iter().find(|(n, _)| n == "set-onboot").unwrap().1, "failed");
     assert_eq!(states.iter().find(|(n, _)| n == "create-vm").unwrap().1, "compensated");
     assert_eq!(states.iter().find(|(n, _)| n == "owner-check").unwrap().1, "cancelled");
+    assert_eq!(lab.change(&chg)["state"], "rolled_back");
+    assert_eq!(lab.remote_log(), ["Start"], "nothing was committed");
 }
 
 /// Kills labops at one point, restarts it until the run is where the scenario wants it, and
 /// checks that each side effect happened once.
 fn crash_case(lab: &Lab, vmid: u32, point: &str, roll_back: bool) {
-    let run = lab.start(vmid);
+    let chg = lab.propose(vmid);
     let compensation = point.contains("compensate");
     let crash = point.to_string();
+    let run;
     if compensation {
-        lab.ok(&["workflow", "approve", &run]);
+        lab.ok(&["change", "approve", &chg]);
+        run = lab.run_of(&chg);
         let out = lab.labops(&["workflow", "complete-step", &run, "owner-check", "--failed", "test"], Some(&crash));
         assert!(killed(&out), "{crash}: labops was not killed: {}", String::from_utf8_lossy(&out.stdout));
     } else {
-        let out = lab.labops(&["workflow", "approve", &run], Some(&crash));
+        let out = lab.labops(&["change", "approve", &chg], Some(&crash));
         assert!(killed(&out), "{crash}: labops was not killed: {}", String::from_utf8_lossy(&out.stdout));
+        run = lab.run_of(&chg);
     }
     // Restart: the run picks up where it stopped.
     let out = lab.ok(&["workflow", "resume"]);
@@ -201,12 +268,16 @@ fn crash_case(lab: &Lab, vmid: u32, point: &str, roll_back: bool) {
         assert_eq!(status["run"]["state"], "rolled_back", "{crash}");
         assert!(lab.guest(vmid).is_none(), "{crash}: the VM was destroyed");
         assert_eq!(count(&format!("DELETE /{vmid}")), 1, "{crash}: destroyed once: {writes:?}");
+        assert_eq!(lab.change(&chg)["state"], "rolled_back", "{crash}");
     } else {
         assert_eq!(status["run"]["state"], "succeeded", "{crash}");
         let g = lab.guest(vmid).unwrap();
         assert_eq!(g["snapshots"].as_array().unwrap().iter().filter(|s| *s == "before-change").count(), 1, "{crash}");
         assert_eq!(g["config"]["onboot"], "1", "{crash}: {g}");
         assert_eq!(g["status"], "running", "{crash}");
+        let c = lab.change(&chg);
+        assert_eq!(c["state"], "closed", "{crash}: {c}");
+        assert!(lab.remote_log().iter().filter(|m| m.starts_with("A test VM")).count() >= 1, "{crash}");
     }
 }
 
@@ -335,21 +406,24 @@ fn follow_shows_progress_until_the_run_ends() {
     assert!(stdout.contains("run 1 ended: succeeded"), "{stdout}");
 }
 
-/// What a run names is resolved against the live inventory before anything is stored: a typo
+/// What a change names is resolved against the live inventory before anything is stored: a typo
 /// gets the real names, and a VM a step would create must not exist yet.
 #[test]
-fn a_run_naming_what_the_lab_does_not_have_is_refused_with_the_real_names() {
+fn a_change_naming_what_the_lab_does_not_have_is_refused_with_the_real_names() {
     let lab = lab();
     let typo = lab.dir.path().join("typo.yaml");
     std::fs::write(&typo, WORKFLOW.replace("node: still-fawn\n      vmid: \"{{.vmid}}\"\n      guest", "node: still-fawm\n      vmid: \"{{.vmid}}\"\n      guest")).unwrap();
-    let out = lab.labops(&["workflow", "run", typo.to_str().unwrap(), "--set", "vmid=9300"], None);
+    let proposal = lab.proposal.to_str().unwrap();
+    let out = lab.labops(&["change", "propose", typo.to_str().unwrap(), "--set", "vmid=9300", "--proposal", proposal], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("step `create-vm`: `node`: no proxmox_node or host is named \"still-fawm\"") && err.contains("still-fawn"), "{err}");
-    let out = lab.labops(&["workflow", "run", lab.workflow.to_str().unwrap(), "--set", "vmid=108"], None);
+    let out = lab.labops(&["change", "propose", lab.workflow.to_str().unwrap(), "--set", "vmid=108", "--proposal", proposal], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("vm/108 already exists (k3s-vm-still-fawn on still-fawn)"), "{err}");
+    let changes = lab.ok(&["change", "list", "--all", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&changes).unwrap().as_array().unwrap().len(), 0, "nothing was stored");
     let runs = lab.ok(&["workflow", "runs", "--all", "--json"]);
     assert_eq!(serde_json::from_str::<Value>(&runs).unwrap().as_array().unwrap().len(), 0, "nothing was stored");
 }
