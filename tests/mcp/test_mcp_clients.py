@@ -23,8 +23,11 @@ from mcp.client.streamable_http import streamable_http_client
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHARED = pathlib.Path(os.environ.get('LABOPS_TEST_SHARED', ROOT.parent / 'shared'))
 LABOPS = os.environ.get('LABOPS_TEST_BIN', str(ROOT / 'target' / 'release' / 'labops'))
-TOOLS = {'inventory_summary', 'list_entities', 'k8s_workloads', 'get_entity', 'resolve', 'node_status',
-         'guest_status', 'impact_of', 'list_runs', 'run_status', 'watch_run'}
+READ_TOOLS = {'inventory_summary', 'list_entities', 'k8s_workloads', 'get_entity', 'resolve', 'node_status',
+              'guest_status', 'impact_of', 'list_runs', 'run_status', 'watch_run', 'list_changes', 'change_status'}
+# Tools that record something (a proposal, a human's answer) but change nothing in the lab.
+RECORD_TOOLS = {'propose_change', 'request_approval'}
+TOOLS = READ_TOOLS | RECORD_TOOLS
 
 
 @pytest.fixture(scope='module')
@@ -79,7 +82,8 @@ async def exercise(session):
     tools = (await session.list_tools()).tools
     assert {t.name for t in tools} == TOOLS
     for t in tools:
-        assert t.annotations.read_only_hint is True, t.name
+        assert t.annotations.read_only_hint is (t.name in READ_TOOLS), t.name
+        assert t.annotations.destructive_hint is not True, t.name
         assert t.description and len(t.description) > 40, t.name
         assert t.input_schema['type'] == 'object', t.name
         assert t.output_schema is not None, t.name

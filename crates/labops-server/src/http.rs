@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use labops_core::inventory::EntityKind;
 use labops_core::resolve::ResolveError;
 use labops_engine::service::{ListFilter, ServiceError, WorkloadFilter};
+use labops_engine::changes::{ChangeFail, Changes};
 use labops_engine::Lab;
 use labops_store::Store;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -37,6 +38,11 @@ pub struct HttpOptions {
     pub allowed_hosts: Vec<String>,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// People who may approve changes over REST: (name, token). Their token also passes the
+    /// guard; the server token never approves.
+    pub approvers: Vec<(String, String)>,
+    /// The change service, for the change tools and `/api/v1/changes`.
+    pub changes: Option<Changes>,
 }
 
 /// Loopback names always accepted in the Host header.
@@ -45,7 +51,18 @@ pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 #[derive(Clone)]
 struct Guard {
     token: Arc<str>,
+    approvers: Arc<Vec<(String, String)>>,
     allowed_hosts: Arc<Vec<String>>,
+}
+
+/// Who made a request, by the token presented: a client with the server token, or a person
+/// with their approver token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The server token: MCP clients, the dashboard, scripts.
+    Client,
+    /// An approver, by name.
+    Approver(String),
 }
 
 fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -106,9 +123,20 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    match presented {
-        Some(t) if same_token(t.trim().as_bytes(), g.token.as_bytes()) => next.run(req).await,
-        _ => {
+    let caller = presented.and_then(|t| {
+        let t = t.trim().as_bytes();
+        if same_token(t, g.token.as_bytes()) {
+            return Some(Caller::Client);
+        }
+        g.approvers.iter().find(|(_, tok)| same_token(t, tok.as_bytes())).map(|(name, _)| Caller::Approver(name.clone()))
+    });
+    match caller {
+        Some(c) => {
+            let mut req = req;
+            req.extensions_mut().insert(c);
+            next.run(req).await
+        }
+        None => {
             let mut r = json_error(
                 StatusCode::UNAUTHORIZED,
                 "a bearer token is required: send `Authorization: Bearer <token>` with the token from [server] token or token_file",
@@ -147,8 +175,9 @@ pub fn router(lab: Lab, opts: &HttpOptions) -> Router {
     let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|s| s.to_string()).collect();
     hosts.extend(opts.allowed_hosts.iter().cloned());
     let mcp_lab = lab.clone();
+    let mcp_changes = opts.changes.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(LabMcp::new(mcp_lab.clone(), "mcp:http")),
+        move || Ok(LabMcp::new(mcp_lab.clone(), "mcp:http").with_changes(mcp_changes.clone())),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
             .with_allowed_hosts(hosts.clone())
@@ -195,7 +224,15 @@ pub fn router(lab: Lab, opts: &HttpOptions) -> Router {
         Some(store) => api.merge(runs_api(store.clone())),
         None => api,
     };
-    let guard_state = Guard { token: Arc::from(opts.token.as_str()), allowed_hosts: Arc::new(opts.allowed_hosts.clone()) };
+    let api = match &opts.changes {
+        Some(c) => api.merge(changes_api(c.clone())),
+        None => api,
+    };
+    let guard_state = Guard {
+        token: Arc::from(opts.token.as_str()),
+        approvers: Arc::new(opts.approvers.clone()),
+        allowed_hosts: Arc::new(opts.allowed_hosts.clone()),
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/api/v1", api)
@@ -305,6 +342,112 @@ async fn run_events(State(s): State<Store>, Path(id): Path<String>, Query(q): Qu
     });
     use futures::StreamExt as _;
     Sse::new(stream.flatten()).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// `/api/v1/changes` (list; `?all=true` for finished ones), `/api/v1/changes/{id}`, and the
+/// human acts `POST /api/v1/changes/{id}/approve` (`{"plan_digest": "sha256:..."}`, the plan the
+/// approver was shown) and `POST /api/v1/changes/{id}/reject` (`{"reason": "..."}`). The acts
+/// need an approver token (`[server] approvers`): the server token, which MCP clients and models
+/// hold, is refused with 403, and the refusal is audited.
+fn changes_api(changes: Changes) -> Router {
+    Router::new()
+        .route(
+            "/changes",
+            get(|State(c): State<Changes>, Query(q): Query<RunsQuery>| async move {
+                match c.list(!q.all.unwrap_or(false), 500).await {
+                    Ok(l) => Json(l).into_response(),
+                    Err(e) => change_error(e),
+                }
+            }),
+        )
+        .route(
+            "/changes/{id}",
+            get(|State(c): State<Changes>, Path(id): Path<String>| async move {
+                match c.get(&id).await {
+                    Ok(r) => Json(r).into_response(),
+                    Err(e) => change_error(e),
+                }
+            }),
+        )
+        .route("/changes/{id}/approve", axum::routing::post(approve_change))
+        .route("/changes/{id}/reject", axum::routing::post(reject_change))
+        .with_state(changes)
+}
+
+fn change_error(e: ChangeFail) -> Response {
+    let status = match &e {
+        ChangeFail::NotFound(_) => StatusCode::NOT_FOUND,
+        ChangeFail::Refused(_) | ChangeFail::Lifecycle(_) => StatusCode::CONFLICT,
+        ChangeFail::Invalid(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_error(status, e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    plan_digest: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectBody {
+    reason: String,
+}
+
+/// The approver's name, or the 403 (audited) for a caller who is not one.
+async fn approver(c: &Changes, caller: &Caller, action: &str, id: &str) -> Result<String, Response> {
+    match caller {
+        Caller::Approver(name) => Ok(name.clone()),
+        Caller::Client => {
+            let why = "approving or rejecting a change needs an approver token ([server] approvers): the server token belongs to clients and models, which cannot approve".to_string();
+            let _ = c.refuse("rest:client", action, id, why.clone()).await;
+            Err(json_error(StatusCode::FORBIDDEN, why))
+        }
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &axum::body::Bytes, example: &str) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| json_error(StatusCode::BAD_REQUEST, format!("the body is not valid: {e}; send {example}")))
+}
+
+async fn approve_change(State(c): State<Changes>, axum::Extension(caller): axum::Extension<Caller>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
+    let name = match approver(&c, &caller, "change_approve", &id).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let b: ApproveBody = match json_body(&body, r#"{"plan_digest": "sha256:..."} (the digest of the plan you were shown)"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match c.approve(&id, &name, &b.plan_digest, "rest").await {
+        Ok(rec) => {
+            let (bg, cid) = (c.clone(), rec.change.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = bg.advance(&cid).await {
+                    tracing::warn!(change = %cid, "{e}");
+                }
+            });
+            (StatusCode::ACCEPTED, Json(rec)).into_response()
+        }
+        Err(e) => change_error(e),
+    }
+}
+
+async fn reject_change(State(c): State<Changes>, axum::Extension(caller): axum::Extension<Caller>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
+    let name = match approver(&c, &caller, "change_reject", &id).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let b: RejectBody = match json_body(&body, r#"{"reason": "why not"}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match c.reject(&id, &name, &b.reason, "rest").await {
+        Ok(rec) => Json(rec).into_response(),
+        Err(e) => change_error(e),
+    }
 }
 
 /// Serves until `shutdown` resolves.

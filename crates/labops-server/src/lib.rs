@@ -14,8 +14,8 @@ use labops_engine::Lab;
 use rmcp::ServiceExt;
 
 /// Serves MCP over stdin/stdout until the client disconnects. Nothing else may write to stdout.
-pub async fn serve_stdio(lab: Lab) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let service = mcp::LabMcp::new(lab, "mcp:stdio").serve(rmcp::transport::stdio()).await?;
+pub async fn serve_stdio(lab: Lab, changes: Option<labops_engine::changes::Changes>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let service = mcp::LabMcp::new(lab, "mcp:stdio").with_changes(changes).serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
 }

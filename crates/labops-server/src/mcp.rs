@@ -14,6 +14,8 @@ use labops_engine::service::{
     EntityDetail, EntityList, GuestStatus, ImpactReport, ListFilter, NodeStatus, Resolved, ServiceError, Summary,
     WorkloadFilter, WorkloadList,
 };
+use labops_core::change::{Actor, Transition};
+use labops_engine::changes::{Changes, ProposalInput};
 use labops_engine::Lab;
 use labops_store::AuditEntry;
 use rmcp::handler::server::router::prompt::PromptRouter;
@@ -35,6 +37,7 @@ pub const INVENTORY_URI: &str = "labops://inventory";
 #[derive(Clone)]
 pub struct LabMcp {
     lab: Lab,
+    changes: Option<Changes>,
     actor: &'static str,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
@@ -189,6 +192,108 @@ fn run_view(r: labops_store::runs::RunRecord, steps: Vec<labops_store::runs::Ste
     }
 }
 
+/// Arguments of `list_changes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesArgs {
+    /// Include finished changes (closed, rejected, rolled back, failed).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Arguments of the tools that take one change.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeArgs {
+    /// The change: `chg-3` (or `3`).
+    pub change: String,
+}
+
+/// Arguments of `propose_change`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProposeArgs {
+    /// The workflow, as YAML: a kro ResourceGraphDefinition (the owner's form with `name`, `type`
+    /// and `dependencies`, or kro's). At most 256 KiB.
+    pub workflow_yaml: String,
+    /// Values of the workflow's parameters.
+    #[serde(default)]
+    pub values: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Title, analysis (what, why, risk) and ROI estimate; labops adds the blast radius, the
+    /// rollback plan and the manual steps from the plan and the live inventory.
+    pub proposal: ProposalInput,
+}
+
+/// A change record: where it stands, what it proposes, and its history.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ChangeView {
+    /// `chg-N`.
+    pub id: String,
+    /// One line on what it does.
+    pub title: String,
+    /// `proposed`, `analysed`, `awaiting_approval`, `approved`, `rejected`, `executing`,
+    /// `validating`, `documenting`, `committed`, `closed`, `failed` or `rolled_back`.
+    pub state: String,
+    /// Its issue on the forge: the N of `fixes #N`.
+    pub issue: Option<u64>,
+    /// The workflow it runs.
+    pub workflow: String,
+    /// The digest of its plan; an approval holds for this digest only.
+    pub plan_digest: String,
+    /// The digest a human approved, if any.
+    pub approved_plan: Option<String>,
+    /// The run executing it.
+    pub run: Option<i64>,
+    /// The commit that closed its issue.
+    pub commit: Option<String>,
+    /// Who proposed it.
+    pub proposed_by: String,
+    /// Analysis (what, why, risk, blast radius, rollback plan, manual steps), ROI, area.
+    pub proposal: serde_json::Value,
+    /// Validation results, or the rollback report.
+    pub outcome: Option<serde_json::Value>,
+    /// Every transition: who, when, why. Only in `change_status`.
+    #[serde(default)]
+    pub history: Vec<Transition>,
+}
+
+/// Changes, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ChangeList {
+    /// The changes.
+    pub changes: Vec<ChangeView>,
+}
+
+fn change_view(c: labops_store::changes::ChangeRecord, with_history: bool) -> ChangeView {
+    ChangeView {
+        id: c.change.id,
+        title: c.change.title,
+        state: c.change.state.to_string(),
+        issue: c.change.issue,
+        workflow: c.workflow,
+        plan_digest: c.plan_digest,
+        approved_plan: c.change.approved_plan,
+        run: c.run_id,
+        commit: c.commit,
+        proposed_by: c.created_by,
+        proposal: c.proposal,
+        outcome: c.outcome,
+        history: if with_history { c.change.history } else { Vec::new() },
+    }
+}
+
+/// What the human answers in the approval dialog of `request_approval`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalAnswer {
+    /// true to approve the plan shown, false to reject the change.
+    pub approve: bool,
+    /// Your name, as the approver on record.
+    pub approver: String,
+    /// Why (required to reject).
+    pub reason: String,
+}
+rmcp::elicit_safe!(ApprovalAnswer);
+
 fn run_error(message: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
@@ -199,11 +304,23 @@ impl LabMcp {
     pub fn new(lab: Lab, actor: &'static str) -> Self {
         Self {
             lab,
+            changes: None,
             actor,
             tool_router: Self::tool_router(),
             prompt_router: Self::prompt_router(),
             log_level: std::sync::Arc::new(std::sync::Mutex::new(LoggingLevel::Info)),
         }
+    }
+
+    /// Adds the change tools (`propose_change`, `list_changes`, `change_status`,
+    /// `request_approval`), backed by `changes`.
+    pub fn with_changes(mut self, changes: Option<Changes>) -> Self {
+        self.changes = changes;
+        self
+    }
+
+    fn changes(&self) -> Result<&Changes, CallToolResult> {
+        self.changes.as_ref().ok_or_else(|| run_error("changes need the state database; this labops runs without one".into()))
     }
 
     fn audit<T>(&self, action: &str, target: Option<&str>, args: serde_json::Value, r: &Result<T, ServiceError>) {
@@ -359,6 +476,108 @@ impl LabMcp {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
+
+    /// Changes to the lab in flight (or all of them), newest first: state, issue, plan digest.
+    /// Every change to the lab is one of these, approved by a human before it runs.
+    #[tool(annotations(title = "Changes", read_only_hint = true, open_world_hint = false))]
+    async fn list_changes(&self, Parameters(a): Parameters<ChangesArgs>) -> Result<Json<ChangeList>, CallToolResult> {
+        let changes = self.changes()?;
+        let list = changes.list(!a.all, 200).await.map_err(|e| run_error(e.to_string()))?;
+        self.audit::<()>("list_changes", None, serde_json::to_value(&a).unwrap_or_default(), &Ok(()));
+        Ok(Json(ChangeList { changes: list.into_iter().map(|c| change_view(c, false)).collect() }))
+    }
+
+    /// One change: its analysis, ROI, plan digest, run, commit, and its whole history (who moved
+    /// it, when and why): the audit trail.
+    #[tool(annotations(title = "Change status", read_only_hint = true, open_world_hint = false))]
+    async fn change_status(&self, Parameters(a): Parameters<ChangeArgs>) -> Result<Json<ChangeView>, CallToolResult> {
+        let r = self.changes()?.get(&a.change).await;
+        self.audit::<()>("change_status", Some(&a.change), serde_json::json!({"change": a.change}), &Ok(()));
+        r.map(|c| Json(change_view(c, true))).map_err(|e| run_error(e.to_string()))
+    }
+
+    /// Proposes a change to the lab: a workflow (YAML) with its parameter values, a title, an
+    /// analysis (what, why, risk) and an ROI estimate. labops checks the plan against the live
+    /// inventory (every name must resolve), adds the blast radius and the rollback plan, opens
+    /// the change's issue and leaves it awaiting a human's approval. Nothing in the lab changes:
+    /// no tool approves; a human does (CLI, REST with an approver token, or `request_approval`).
+    #[tool(annotations(title = "Propose a change", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false))]
+    async fn propose_change(&self, Parameters(a): Parameters<ProposeArgs>) -> Result<Json<ChangeView>, CallToolResult> {
+        let changes = self.changes()?;
+        if a.workflow_yaml.len() > 256 * 1024 {
+            return Err(run_error(format!("workflow_yaml is {} bytes; the limit is 256 KiB", a.workflow_yaml.len())));
+        }
+        let (w, report) = labops_core::workflow::check(&a.workflow_yaml);
+        let Some(w) = w.filter(|_| report.is_valid()) else {
+            let lines: Vec<String> = report.errors.iter().map(|d| format!("{}: {}", d.pos, d.message)).collect();
+            return Err(run_error(format!("the workflow has {} error(s):\n{}", lines.len(), lines.join("\n"))));
+        };
+        let plan = match labops_core::workflow::plan(&w, &a.values.clone().into_iter().collect()) {
+            Ok(p) => p,
+            Err(e) => return Err(run_error(format!("the workflow cannot be planned: {e}"))),
+        };
+        let params = serde_json::to_value(&plan.parameters).unwrap_or_default();
+        let r = changes.propose(&plan, params, a.proposal.clone(), Actor::Ai(self.actor.to_string()), self.actor).await;
+        let outcome: Result<(), ServiceError> = Ok(());
+        self.audit("propose_change", r.as_ref().ok().map(|c| c.change.id.as_str()), serde_json::json!({"workflow": plan.workflow, "ok": r.is_ok()}), &outcome);
+        r.map(|c| Json(change_view(c, true))).map_err(|e| run_error(e.to_string()))
+    }
+
+    /// Asks the human at your client to approve or reject a change awaiting approval. labops
+    /// sends the plan (with its digest) to the client as an elicitation: the client shows it to
+    /// the human, and only their answer counts; this tool cannot approve by itself. Needs a client
+    /// that supports elicitation; otherwise the human approves with `labops change approve`.
+    #[tool(annotations(title = "Ask a human to approve a change", read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false))]
+    async fn request_approval(&self, Parameters(a): Parameters<ChangeArgs>, ctx: RequestContext<RoleServer>) -> Result<Json<ChangeView>, CallToolResult> {
+        let changes = self.changes()?.clone();
+        let c = changes.get(&a.change).await.map_err(|e| run_error(e.to_string()))?;
+        if c.change.state.as_str() != "awaiting_approval" {
+            return Err(run_error(format!("{} is {}, not awaiting approval", c.change.id, c.change.state)));
+        }
+        let digest = c.plan_digest.clone();
+        let an = &c.proposal["analysis"];
+        let steps: Vec<String> = c.plan["stages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|st| st["steps"].as_array().cloned().unwrap_or_default())
+            .map(|s| format!("{} ({})", s["name"].as_str().unwrap_or("?"), s["step_type"].as_str().unwrap_or("?")))
+            .collect();
+        let message = format!(
+            "Approve change {id}: {title}?\n\nWhat: {what}\nWhy: {why}\nRisk: {risk}\nBlast radius: {radius}\nSteps: {steps}\nPlan digest: {digest}\n\nApproving runs it on the lab, with rollback on failure.",
+            id = c.change.id,
+            title = c.change.title,
+            what = an["what"].as_str().unwrap_or(""),
+            why = an["why"].as_str().unwrap_or(""),
+            risk = an["risk"].as_str().unwrap_or("?"),
+            radius = an["blast_radius"].as_array().map(|v| v.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("; ")).unwrap_or_default(),
+            steps = steps.join(", "),
+        );
+        use rmcp::service::ElicitationError as E;
+        let answer = ctx.peer.elicit_with_timeout::<ApprovalAnswer>(message, Some(std::time::Duration::from_secs(600))).await;
+        let id = c.change.id.clone();
+        let result = match answer {
+            Ok(Some(ans)) if ans.approve => changes.approve(&id, &ans.approver, &digest, &format!("{} elicitation", self.actor)).await,
+            Ok(Some(ans)) => changes.reject(&id, &ans.approver, &ans.reason, &format!("{} elicitation", self.actor)).await,
+            Err(E::CapabilityNotSupported) => {
+                return Err(run_error(format!("this client cannot ask its human (no elicitation support); the human approves with `labops change approve {id}`")));
+            }
+            Err(E::UserDeclined) | Err(E::UserCancelled) => return Err(run_error(format!("the human declined to answer; {id} still awaits approval"))),
+            Ok(None) | Err(_) => return Err(run_error(format!("no answer from the human; {id} still awaits approval"))),
+        };
+        let c = result.map_err(|e| run_error(e.to_string()))?;
+        if c.change.state.as_str() == "approved" {
+            // Executed in the background: this answer says it is approved; `change_status`
+            // follows it.
+            let (bg, id) = (changes.clone(), id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = bg.advance(&id).await {
+                    tracing::warn!(change = %id, "{e}");
+                }
+            });
+        }
+        Ok(Json(change_view(c, true)))
+    }
 }
 
 #[prompt_router]
@@ -407,6 +626,36 @@ impl LabMcp {
 #[tool_handler(router = self.tool_router)]
 #[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for LabMcp {
+    /// Calls a tool; a call to a tool that does not exist is refused and audited (a model
+    /// trying `approve_change` is told that approval is a human act).
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        if self.tool_router.get(&request.name).is_none() {
+            let name = request.name.to_string();
+            let why = if name.to_ascii_lowercase().contains("approv") {
+                format!(
+                    "there is no tool `{name}`: approving a change is a human act, and no MCP tool does it. A human approves with `labops change approve`, the REST API with an approver token, or through `request_approval`, which asks them in the client"
+                )
+            } else {
+                format!("there is no tool `{name}`; tools/list lists the tools")
+            };
+            self.lab.audit(AuditEntry {
+                at_ms: now_ms(),
+                actor: self.actor.to_string(),
+                action: name.clone(),
+                target: None,
+                outcome: "refused: no such tool".into(),
+                detail: serde_json::json!({"arguments": request.arguments, "reason": why}),
+            });
+            return Err(ErrorData::invalid_params(why, None));
+        }
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        self.tool_router.call(tcc).await
+    }
+
     fn get_info(&self) -> ServerConfig {
         let mut info = ServerConfig::new(
             ServerCapabilities::builder().enable_tools().enable_resources().enable_prompts().enable_logging().build(),
@@ -417,7 +666,8 @@ impl ServerHandler for LabMcp {
             "labops answers questions about the homelab {lab:?} from its live inventory (Proxmox VE, \
              Kubernetes, declared hosts). Names are resolved exactly: an unknown or ambiguous name \
              returns the real candidates, never a guess. Every answer carries `freshness`; when it \
-             is degraded the data is the last good snapshot.{demo}",
+             is degraded the data is the last good snapshot. Changes to the lab are proposed with \
+             `propose_change` and approved only by a human.{demo}",
             lab = self.lab.name(),
             demo = if self.lab.is_demo() { " This is the DEMO lab (a simulated cluster)." } else { "" }
         ));

@@ -194,6 +194,7 @@ async fn append(tx: &mut sqlx::SqliteConnection, run: i64, now: i64, e: &NewEven
 impl Store {
 
     /// Stores a new run with its steps (all `pending`) and its `created` event; returns its id.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_run(
         &self,
         workflow: &str,

@@ -267,6 +267,23 @@ pub struct ServerConfig {
     /// Largest request body in bytes (default 1 MiB).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// People who may approve or reject changes over REST, each with a token of their own.
+    #[serde(default)]
+    pub approvers: Vec<ApproverConfig>,
+}
+
+/// `[[server.approvers]]`: a person who approves changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverConfig {
+    /// Their name, as the approver on record.
+    pub name: String,
+    /// Their token. Prefer `token_file`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding their token (first line).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -284,6 +301,7 @@ impl Default for ServerConfig {
             token_file: None,
             allowed_hosts: Vec::new(),
             max_body_bytes: default_max_body(),
+            approvers: Vec::new(),
         }
     }
 }
@@ -368,7 +386,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("kubernetes", &["kubeconfig", "context", "refresh_seconds"]),
-    ("server", &["listen", "token", "token_file", "allowed_hosts", "max_body_bytes"]),
+    ("server", &["listen", "token", "token_file", "allowed_hosts", "max_body_bytes", "approvers"]),
     ("workflows", &["steps_at_once", "parallel_branches"]),
     (
         "ssh",
@@ -478,6 +496,7 @@ pub fn load(explicit: Option<&Path>) -> Loaded {
     check_field::<PathBuf>(&f, "server.token_file", &mut errors);
     check_field::<Vec<String>>(&f, "server.allowed_hosts", &mut errors);
     check_field::<usize>(&f, "server.max_body_bytes", &mut errors);
+    check_field::<Vec<ApproverConfig>>(&f, "server.approvers", &mut errors);
     check_field::<usize>(&f, "workflows.steps_at_once", &mut errors);
     check_field::<usize>(&f, "workflows.parallel_branches", &mut errors);
     check_field::<PathBuf>(&f, "gitops.path", &mut errors);
@@ -544,6 +563,20 @@ fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Pro
             "forge.kind",
             "\"github\" is not available in this build yet (the GitHub client is still being written); use kind = \"local\", whose issues live under issues/ in the GitOps repository".into(),
         );
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, a) in c.server.approvers.iter().enumerate() {
+        let path = format!("server.approvers[{i}]");
+        if a.name.trim().is_empty() {
+            err(&path, "an approver needs a name".into());
+        } else if !names.insert(a.name.clone()) {
+            err(&path, format!("approver {:?} is listed twice", a.name));
+        }
+        match read_secret(&a.token, &a.token_file, "approver token") {
+            Ok(t) if t.expose().len() < 16 => err(&path, format!("the token of {:?} is shorter than 16 characters; make a long random one (openssl rand -hex 32)", a.name)),
+            Ok(_) => {}
+            Err(e) => err(&path, format!("{e}; set token_file (or token)")),
+        }
     }
     if let Some(g) = &c.gitops {
         if !g.path.join(".git").exists() {
@@ -725,6 +758,14 @@ impl ProxmoxConfig {
 
 impl ServerConfig {
     /// The bearer token, from the config, its file, or `LABOPS_TOKEN` (already merged).
+    /// The approvers with their tokens read: (name, token).
+    pub fn approvers(&self) -> Result<Vec<(String, String)>, String> {
+        self.approvers
+            .iter()
+            .map(|a| read_secret(&a.token, &a.token_file, "approver token").map(|t| (a.name.clone(), t.expose().to_string())))
+            .collect()
+    }
+
     pub fn bearer_token(&self) -> Result<Secret, String> {
         read_secret(&self.token, &self.token_file, "server token").map_err(|_| {
             "labops serve needs a bearer token: set [server] token_file (or token), or LABOPS_TOKEN".to_string()

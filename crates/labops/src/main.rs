@@ -233,7 +233,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let code = match cli.command {
         Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Audit { .. } => unreachable!("handled above"),
         Command::Mcp => {
-            labops_server::serve_stdio(lab.clone()).await.map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
+            let changes = match lab.store() {
+                Some(store) => Some(change_cmd::service(&cfg, store.clone()).await?),
+                None => None,
+            };
+            labops_server::serve_stdio(lab.clone(), changes).await.map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
             ExitCode::SUCCESS
         }
         Command::Serve { listen } => {
@@ -244,6 +248,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 token: token.expose().to_string(),
                 allowed_hosts: cfg.server.allowed_hosts.clone(),
                 max_body_bytes: cfg.server.max_body_bytes,
+                approvers: cfg.server.approvers().map_err(anyhow::Error::msg)?,
+                changes: match lab.store() {
+                    Some(store) => Some(change_cmd::service(&cfg, store.clone()).await?),
+                    None => None,
+                },
             };
             if lab.is_demo() {
                 eprintln!("DEMO LAB: serving a simulated Proxmox cluster (fakepve), not a real lab.");

@@ -191,3 +191,50 @@ fn shortcuts_are_refused_and_audited() {
     assert!(audit.iter().any(|a| a["action"] == "change_reject" && a["actor"] == "ann"), "{audit:?}");
     assert_eq!(git(&lab.remote(), &["log", "--format=%s", "main"]), "Start", "nothing was committed");
 }
+
+/// Over REST, only an approver's own token approves, and only the plan it was shown; `labops
+/// serve` then carries the change to its commit.
+#[test]
+fn rest_approval_needs_an_approver_token_and_the_plan_shown() {
+    let lab = lab();
+    let token_file = lab.dir.path().join("approver-bob");
+    std::fs::write(&token_file, "bob-approver-token-0123456789\n").unwrap();
+    let mut cfg = std::fs::read_to_string(&lab.config).unwrap();
+    cfg = cfg.replace("[state]", &format!("[[server.approvers]]\nname = \"bob\"\ntoken_file = \"{}\"\n\n[state]", token_file.display()));
+    std::fs::write(&lab.config, cfg).unwrap();
+    let chg = lab.propose(&[]);
+    let digest = lab.change(&chg)["plan_digest"].as_str().unwrap().to_string();
+    let served = common::Served::start(&lab.config);
+    let c = common::http();
+    let url = format!("{}/api/v1/changes/{chg}/approve", served.base);
+    let body = serde_json::json!({"plan_digest": digest});
+
+    // The server token (what MCP clients and models hold) cannot approve.
+    let r = c.post(&url).bearer_auth(&served.token).json(&body).send().unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("approver token"));
+    // Nor can anyone without a token.
+    assert_eq!(c.post(&url).json(&body).send().unwrap().status(), 401);
+    // An approver approving a plan other than the current one is refused.
+    let r = c.post(&url).bearer_auth("bob-approver-token-0123456789").json(&serde_json::json!({"plan_digest": "sha256:00"})).send().unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.text().unwrap().contains("it changed"));
+    let r = c.post(&url).bearer_auth("bob-approver-token-0123456789").body("{not json").send().unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(lab.guest(130).is_none(), "nothing ran");
+
+    // Bob approves what he was shown; serve executes, documents, commits and closes.
+    let r = c.post(&url).bearer_auth("bob-approver-token-0123456789").json(&body).send().unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().unwrap_or_default());
+    let closed = common::eventually(60, "the change closes", || {
+        let v: Value = c.get(format!("{}/api/v1/changes/{chg}", served.base)).bearer_auth(&served.token).send().ok()?.json().ok()?;
+        (v["state"] == "closed").then_some(v)
+    });
+    let approval = closed["history"].as_array().unwrap().iter().find(|t| t["to"] == "approved").unwrap();
+    assert_eq!(approval["actor"]["name"], "bob");
+    assert!(lab.guest(130).is_some());
+    let list: Value = c.get(format!("{}/api/v1/changes?all=true", served.base)).bearer_auth(&served.token).send().unwrap().json().unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let refused: Vec<Value> = lab.audit().into_iter().filter(|a| a["action"] == "change_approve" && a["outcome"] == "refused").collect();
+    assert_eq!(refused.len(), 2, "the client's and the wrong plan's approvals were audited: {refused:?}");
+}
