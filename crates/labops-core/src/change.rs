@@ -399,6 +399,84 @@ impl Change {
     }
 }
 
+/// A standing approval: a human's approval recorded in advance for a kind of action, within
+/// limits. A change it covers is approved in that human's name when it is proposed; it still
+/// gets its own record, issue, documentation and commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct StandingApproval {
+    /// `sa-N`.
+    pub id: String,
+    /// The human who recorded it; the approver on record of every change it covers.
+    pub approver: String,
+    /// Why it exists.
+    pub reason: String,
+    /// The workflow it covers, by name (`restart-pod`, `lxc-service`).
+    pub workflow: String,
+    /// Entity ids the workflow may touch; `*` matches any run of characters (`pod/default/*`).
+    pub targets: Vec<String>,
+    /// At most this many other entities may depend on the targets (the blast radius).
+    pub max_blast_radius: usize,
+    /// At most this many changes in all; none: no limit.
+    pub max_uses: Option<u32>,
+    /// Changes approved under it so far.
+    pub uses: u32,
+    /// When it expires, Unix milliseconds.
+    pub expires_ms: i64,
+    /// When it was recorded.
+    pub created_ms: i64,
+    /// Who revoked it, if someone did.
+    pub revoked_by: Option<String>,
+}
+
+/// Whether `pattern` (with `*` wildcards) matches all of `text`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || !text[first.len()..].ends_with(last) || text.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl StandingApproval {
+    /// Why it does not cover a change of `workflow` touching `targets` with `blast_radius`
+    /// dependents at `now_ms`; `Ok` when it does.
+    pub fn covers(&self, workflow: &str, targets: &[String], blast_radius: usize, now_ms: i64) -> Result<(), String> {
+        if let Some(by) = &self.revoked_by {
+            return Err(format!("{} was revoked by {by}", self.id));
+        }
+        if now_ms >= self.expires_ms {
+            return Err(format!("{} has expired", self.id));
+        }
+        if self.max_uses.is_some_and(|m| self.uses >= m) {
+            return Err(format!("{} is used up ({} of {})", self.id, self.uses, self.max_uses.unwrap_or_default()));
+        }
+        if workflow != self.workflow {
+            return Err(format!("{} covers workflow {}, not {workflow}", self.id, self.workflow));
+        }
+        if targets.is_empty() {
+            return Err(format!("{} covers actions on named targets; this change names none", self.id));
+        }
+        if let Some(t) = targets.iter().find(|t| !self.targets.iter().any(|p| glob_match(p, t))) {
+            return Err(format!("{} does not cover {t} (it covers {})", self.id, self.targets.join(", ")));
+        }
+        if blast_radius > self.max_blast_radius {
+            return Err(format!("{} allows a blast radius of {}, and this change's is {blast_radius}", self.id, self.max_blast_radius));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,6 +573,51 @@ mod tests {
         let p = r.problems();
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[0].contains("time_saved_hours_per_month") && p[2].contains("learning_value"), "{p:?}");
+    }
+
+    fn standing() -> StandingApproval {
+        StandingApproval {
+            id: "sa-1".into(),
+            approver: "ann".into(),
+            reason: "restarting a stuck pod is routine".into(),
+            workflow: "restart-pod".into(),
+            targets: vec!["pod/default/*".into(), "pod/media/jellyfin-*".into()],
+            max_blast_radius: 2,
+            max_uses: Some(3),
+            uses: 0,
+            expires_ms: 1_000,
+            created_ms: 0,
+            revoked_by: None,
+        }
+    }
+
+    #[test]
+    fn a_standing_approval_covers_only_its_workflow_targets_and_limits() {
+        let sa = standing();
+        let t = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(sa.covers("restart-pod", &t(&["pod/default/web-1"]), 1, 10).is_ok());
+        assert!(sa.covers("restart-pod", &t(&["pod/media/jellyfin-0", "pod/default/x"]), 2, 10).is_ok());
+        assert!(sa.covers("restart-pod", &t(&["pod/kube-system/coredns-1"]), 0, 10).unwrap_err().contains("does not cover pod/kube-system/coredns-1"));
+        assert!(sa.covers("lxc-service", &t(&["pod/default/web-1"]), 0, 10).unwrap_err().contains("covers workflow restart-pod"));
+        assert!(sa.covers("restart-pod", &t(&["pod/default/web-1"]), 3, 10).unwrap_err().contains("blast radius of 2"));
+        assert!(sa.covers("restart-pod", &t(&["pod/default/web-1"]), 0, 1_000).unwrap_err().contains("expired"));
+        assert!(sa.covers("restart-pod", &[], 0, 10).is_err(), "a change naming nothing is not covered");
+        let used = StandingApproval { uses: 3, ..standing() };
+        assert!(used.covers("restart-pod", &t(&["pod/default/a"]), 0, 10).unwrap_err().contains("used up"));
+        let revoked = StandingApproval { revoked_by: Some("bob".into()), ..standing() };
+        assert!(revoked.covers("restart-pod", &t(&["pod/default/a"]), 0, 10).unwrap_err().contains("revoked by bob"));
+    }
+
+    #[test]
+    fn globs_match_whole_ids() {
+        assert!(glob_match("pod/default/*", "pod/default/web-1"));
+        assert!(!glob_match("pod/default/*", "pod/defaults/web-1"));
+        assert!(glob_match("lxc/130", "lxc/130"));
+        assert!(!glob_match("lxc/13", "lxc/130"));
+        assert!(glob_match("*-gpu", "vm/k3s-vm-pumped-piglet-gpu"));
+        assert!(glob_match("a*b*c", "a-x-b-y-c"));
+        assert!(!glob_match("a*b*c", "a-x-c-y-b"));
+        assert!(!glob_match("ab*ba", "aba"), "prefix and suffix may not overlap");
     }
 
     #[test]

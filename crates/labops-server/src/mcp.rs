@@ -520,6 +520,17 @@ impl LabMcp {
         let r = changes.propose(&plan, params, a.proposal.clone(), Actor::Ai(self.actor.to_string()), self.actor).await;
         let outcome: Result<(), ServiceError> = Ok(());
         self.audit("propose_change", r.as_ref().ok().map(|c| c.change.id.as_str()), serde_json::json!({"workflow": plan.workflow, "ok": r.is_ok()}), &outcome);
+        if let Ok(c) = &r
+            && c.change.state.as_str() == "approved"
+        {
+            // A human's standing approval covered it: it runs now.
+            let (bg, id) = (changes.clone(), c.change.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = bg.advance(&id).await {
+                    tracing::warn!(change = %id, "{e}");
+                }
+            });
+        }
         r.map(|c| Json(change_view(c, true))).map_err(|e| run_error(e.to_string()))
     }
 

@@ -3,7 +3,7 @@
 //! history row and its audit record, and refuses a write made from a stale state (two
 //! processes acting on one change: the second is told, not silently overwritten).
 
-use labops_core::change::{Actor, Change, ChangeState, Transition};
+use labops_core::change::{Actor, Change, ChangeState, StandingApproval, Transition};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -307,6 +307,87 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Records a standing approval (its id, uses and revocation are set here); returns it.
+    pub async fn add_standing(&self, sa: &StandingApproval, audit: &AuditEntry) -> Result<StandingApproval> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO standing_approvals (approver, reason, workflow, targets_json, max_blast_radius, max_uses, expires_ms, created_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&sa.approver)
+        .bind(&sa.reason)
+        .bind(&sa.workflow)
+        .bind(serde_json::to_string(&sa.targets).expect("strings serialize"))
+        .bind(sa.max_blast_radius as i64)
+        .bind(sa.max_uses.map(i64::from))
+        .bind(sa.expires_ms)
+        .bind(sa.created_ms)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let mut audit = audit.clone();
+        audit.target = Some(format!("sa-{id}"));
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(StandingApproval { id: format!("sa-{id}"), uses: 0, revoked_by: None, ..sa.clone() })
+    }
+
+    /// Every standing approval, newest first.
+    pub async fn standing(&self) -> Result<Vec<StandingApproval>> {
+        let rows = sqlx::query("SELECT * FROM standing_approvals ORDER BY id DESC").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get("id")?;
+                Ok(StandingApproval {
+                    id: format!("sa-{id}"),
+                    approver: r.try_get("approver")?,
+                    reason: r.try_get("reason")?,
+                    workflow: r.try_get("workflow")?,
+                    targets: decode(&r.try_get::<String, _>("targets_json")?, format!("targets of sa-{id}"))?,
+                    max_blast_radius: r.try_get::<i64, _>("max_blast_radius")? as usize,
+                    max_uses: r.try_get::<Option<i64>, _>("max_uses")?.map(|n| n as u32),
+                    uses: r.try_get::<i64, _>("uses")? as u32,
+                    expires_ms: r.try_get("expires_ms")?,
+                    created_ms: r.try_get("created_ms")?,
+                    revoked_by: r.try_get("revoked_by")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Counts one use of standing approval `number`, if it still has one left and is not
+    /// revoked; false otherwise (nothing written).
+    pub async fn use_standing(&self, number: i64) -> Result<bool> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE standing_approvals SET uses = uses + 1 WHERE id = ? AND revoked_by IS NULL AND (max_uses IS NULL OR uses < max_uses)",
+        )
+        .bind(number)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Revokes a standing approval; false when there is none or it is already revoked.
+    pub async fn revoke_standing(&self, number: i64, audit: &AuditEntry) -> Result<bool> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let done = sqlx::query("UPDATE standing_approvals SET revoked_by = ? WHERE id = ? AND revoked_by IS NULL")
+            .bind(&audit.actor)
+            .bind(number)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if done {
+            insert_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Opens an issue on the embedded forge; returns its number.

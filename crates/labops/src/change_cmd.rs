@@ -108,10 +108,60 @@ pub enum ChangeCommand {
         #[arg(long = "as", value_name = "NAME")]
         actor: Option<String>,
     },
+    /// Standing approvals: a human's approval recorded in advance for one workflow, on given
+    /// targets, within limits. A change it covers is approved in that human's name when it is
+    /// proposed, and still gets its own record, issue, documentation and commit.
+    Standing {
+        #[command(subcommand)]
+        command: StandingCommand,
+    },
     /// Move approved changes on (after a restart, a completed human step, a fixed config).
     Resume {
         /// Only this change.
         id: Option<String>,
+    },
+}
+
+/// `labops change standing ...`
+#[derive(Debug, Subcommand)]
+pub enum StandingCommand {
+    /// Record a standing approval (a human act).
+    Add {
+        /// The workflow it covers, by its metadata.name.
+        #[arg(long)]
+        workflow: String,
+        /// An entity id it covers (`lxc/130`, `pod/default/*`); repeatable.
+        #[arg(long = "target", value_name = "ID", required = true)]
+        targets: Vec<String>,
+        /// At most this many other entities may depend on the targets.
+        #[arg(long, default_value_t = 0)]
+        max_blast_radius: usize,
+        /// At most this many changes in all.
+        #[arg(long)]
+        max_uses: Option<u32>,
+        /// How long it holds: `30d`, `12h`, `90m`.
+        #[arg(long, value_name = "DURATION")]
+        expires: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Who records it (default: $USER).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+    },
+    /// List standing approvals.
+    List {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one.
+    Revoke {
+        /// `sa-2`.
+        id: String,
+        /// Who (default: $USER).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
     },
 }
 
@@ -283,6 +333,14 @@ pub async fn run(cmd: &ChangeCommand, cfg: &Config, store: Store) -> anyhow::Res
             let Some((_, plan)) = crate::workflow_cmd::plan_file(file, set, values.as_deref())? else { return Ok(ExitCode::from(1)) };
             let params = serde_json::to_value(&plan.parameters).unwrap_or(Value::Null);
             match changes.propose(&plan, params, input, Actor::Human(who), "cli").await {
+                Ok(c) if c.change.state.as_str() == "approved" => {
+                    let how = c.change.history.last().map(|t| t.reason.clone()).unwrap_or_default();
+                    if !*json_out {
+                        print_change(&c);
+                        println!("\n{} opened as issue #{}; approved under {how}; executing", c.change.id, c.change.issue.unwrap_or_default());
+                    }
+                    advance_and_report(&changes, &c.change.id, *json_out).await
+                }
                 Ok(c) => {
                     if *json_out {
                         println!("{}", serde_json::to_string_pretty(&c)?);
@@ -379,6 +437,7 @@ pub async fn run(cmd: &ChangeCommand, cfg: &Config, store: Store) -> anyhow::Res
                 }
             }
         }
+        ChangeCommand::Standing { command } => standing(&changes, command).await,
         ChangeCommand::Resume { id } => match id {
             Some(id) => advance_and_report(&changes, id, false).await,
             None => {
@@ -399,5 +458,75 @@ pub async fn run(cmd: &ChangeCommand, cfg: &Config, store: Store) -> anyhow::Res
                 Ok(code)
             }
         },
+    }
+}
+
+async fn standing(changes: &Changes, cmd: &StandingCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        StandingCommand::Add { workflow, targets, max_blast_radius, max_uses, expires, reason, actor: who } => {
+            let who = actor(who.as_deref());
+            let ttl = labops_engine::runs::executor::parse_duration("--expires", &Value::String(expires.clone())).map_err(anyhow::Error::msg)?;
+            let expires_ms = labops_engine::lab::now_ms() + ttl.as_millis() as i64;
+            match changes.add_standing(&who, workflow, targets.clone(), *max_blast_radius, *max_uses, expires_ms, reason).await {
+                Ok(sa) => {
+                    println!(
+                        "{}: {who} pre-approves {} on {} (blast radius at most {}, {} use(s), until {})",
+                        sa.id,
+                        sa.workflow,
+                        sa.targets.join(", "),
+                        sa.max_blast_radius,
+                        sa.max_uses.map(|n| n.to_string()).unwrap_or("any number of".into()),
+                        date_time(sa.expires_ms)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        StandingCommand::List { json: json_out } => {
+            let all = changes.standing().await?;
+            if *json_out {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let now = labops_engine::lab::now_ms();
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED).set_header(["id", "by", "workflow", "targets", "blast radius", "uses", "until", "state"]);
+            for sa in all {
+                let state = match (&sa.revoked_by, sa.expires_ms <= now) {
+                    (Some(by), _) => format!("revoked by {by}"),
+                    (None, true) => "expired".into(),
+                    (None, false) => "active".into(),
+                };
+                t.add_row([
+                    sa.id.clone(),
+                    sa.approver.clone(),
+                    sa.workflow.clone(),
+                    sa.targets.join(", "),
+                    format!("<= {}", sa.max_blast_radius),
+                    format!("{}/{}", sa.uses, sa.max_uses.map(|n| n.to_string()).unwrap_or("-".into())),
+                    date_time(sa.expires_ms),
+                    state,
+                ]);
+            }
+            println!("{t}");
+            Ok(ExitCode::SUCCESS)
+        }
+        StandingCommand::Revoke { id, actor: who } => {
+            let who = actor(who.as_deref());
+            match changes.revoke_standing(id, &who).await {
+                Ok(()) => {
+                    println!("{id}: revoked by {who}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
     }
 }

@@ -238,3 +238,49 @@ fn rest_approval_needs_an_approver_token_and_the_plan_shown() {
     let refused: Vec<Value> = lab.audit().into_iter().filter(|a| a["action"] == "change_approve" && a["outcome"] == "refused").collect();
     assert_eq!(refused.len(), 2, "the client's and the wrong plan's approvals were audited: {refused:?}");
 }
+
+/// A standing approval, recorded by a human, approves the changes it covers in their name as
+/// they are proposed; each still gets its record, docs and commit. Outside its scope, or used
+/// up, a change waits for a human as usual.
+#[test]
+fn a_standing_approval_runs_covered_changes_and_only_those() {
+    let lab = lab();
+    let out = lab.refused(&["change", "standing", "add", "--workflow", "lxc-service", "--target", "*", "--expires", "1h", "--reason", "x"]);
+    assert!(out.contains("a bare * is not a limit"), "{out}");
+    let out = lab.ok(&[
+        "change", "standing", "add", "--workflow", "lxc-service", "--target", "lxc/13*", "--max-uses", "1", "--expires", "1h", "--reason",
+        "small service containers on pumped-piglet are routine",
+    ]);
+    assert!(out.starts_with("sa-1: ann pre-approves lxc-service on lxc/13*"), "{out}");
+
+    // Covered: approved in ann's name at once, executed, documented, committed, closed.
+    let wf = root().join("workflows/lxc-service.yaml");
+    let values = root().join("workflows/values/lxc-service.yaml");
+    let proposal = root().join("workflows/proposals/uptime-kuma.yaml");
+    let propose = |vmid: &str| {
+        lab.labops(&["change", "propose", wf.to_str().unwrap(), "--values", values.to_str().unwrap(), "--proposal", proposal.to_str().unwrap(), "--set", &format!("vmid={vmid}"), "--as", "claude"])
+    };
+    let (out, text) = propose("131");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("approved under standing approval sa-1 recorded by ann") && text.contains("chg-1: closed"), "{text}");
+    assert!(lab.guest(131).is_some());
+    let c = lab.change("chg-1");
+    let approval = c["history"].as_array().unwrap().iter().find(|t| t["to"] == "approved").unwrap().clone();
+    assert_eq!(approval["actor"], serde_json::json!({"kind": "human", "name": "ann"}));
+    assert_eq!(c["history"][0]["actor"]["name"], "claude", "the proposer stays on record");
+    assert!(git(&lab.remote(), &["log", "-1", "--format=%B", "main"]).contains("fixes #1"));
+
+    // Used up: the next one waits for a human.
+    let (out, text) = propose("132");
+    assert!(out.status.success(), "{text}");
+    assert_eq!(lab.change("chg-2")["state"], "awaiting_approval", "{text}");
+    assert!(lab.guest(132).is_none());
+    let list = lab.ok(&["change", "standing", "list"]);
+    assert!(list.contains("1/1") && list.contains("active"), "{list}");
+    lab.ok(&["change", "standing", "revoke", "sa-1"]);
+    assert!(lab.ok(&["change", "standing", "list"]).contains("revoked by ann"));
+    let audit = lab.audit();
+    assert!(audit.iter().any(|a| a["action"] == "standing_add" && a["outcome"] == "ok" && a["actor"] == "ann"));
+    assert!(audit.iter().any(|a| a["action"] == "standing_add" && a["outcome"] == "refused"));
+    assert!(audit.iter().any(|a| a["action"] == "standing_revoke"));
+}

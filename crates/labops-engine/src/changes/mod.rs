@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use labops_core::change::{Actor, Analysis, Change, ChangeError, ChangeState, Roi, plan_digest};
+use labops_core::change::{Actor, Analysis, Change, ChangeError, ChangeState, Roi, StandingApproval, plan_digest};
 use labops_core::inventory::Inventory;
 use labops_core::workflow::Plan;
 use labops_store::changes::{ChangeRecord, ChangeUpdate};
@@ -233,7 +233,7 @@ impl Changes {
         }
         let plan_json = serde_json::to_value(plan).map_err(|e| ChangeFail::Invalid(vec![format!("the plan does not serialize: {e}")]))?;
         let digest = plan_digest(&plan_json);
-        let analysis = self.complete_analysis(input.analysis.clone(), &plan_json, &inventory);
+        let (analysis, dependents) = self.complete_analysis(input.analysis.clone(), &plan_json, &inventory);
         let area = input.area.clone().unwrap_or_else(|| gitops::area_of(&self.engine.targets(&plan_json)).to_string());
         let proposal = json!({"params": params, "analysis": analysis, "roi": input.roi, "area": area, "via": via});
 
@@ -264,12 +264,114 @@ impl Changes {
         if !self.store.save_change(n, ChangeState::AwaitingApproval, &rec.change, &ChangeUpdate::default(), now_ms(), &audit).await? {
             return Err(ChangeFail::Refused(format!("{} moved while its issue was opened; look at it with `labops change show {}`", rec.change.id, rec.change.id)));
         }
+        self.apply_standing(&mut rec, dependents).await?;
         Ok(rec)
     }
 
-    /// Adds what labops knows from the plan and the inventory to the proposer's analysis.
-    fn complete_analysis(&self, mut a: Analysis, plan: &Value, inv: &Inventory) -> Analysis {
+    /// Approves `rec` in a human's name when one of their standing approvals covers it.
+    async fn apply_standing(&self, rec: &mut ChangeRecord, dependents: usize) -> Result<()> {
+        let targets = self.engine.targets(&rec.plan);
+        let now = now_ms();
+        for sa in self.store.standing().await? {
+            if sa.covers(&rec.workflow, &targets, dependents, now).is_err() {
+                continue;
+            }
+            let number = sa.id.trim_start_matches("sa-").parse::<i64>().unwrap_or_default();
+            if !self.store.use_standing(number).await? {
+                continue;
+            }
+            let reason = format!("standing approval {} recorded by {}: {}", sa.id, sa.approver, sa.reason);
+            let from = rec.change.state;
+            let human = Actor::Human(sa.approver.clone());
+            rec.change.approve(human.clone(), &rec.plan_digest.clone(), &reason, now)?;
+            let detail = json!({"standing_approval": sa.id, "plan_digest": rec.plan_digest, "targets": targets, "blast_radius": dependents});
+            self.save(rec, from, ChangeUpdate::default(), &human, "change_approve", detail).await?;
+            self.comment(rec, &format!("Approved under {reason} (targets {}; blast radius {dependents}). It runs without waiting, and still gets its documentation and commit.", targets.join(", "))).await;
+            self.label(rec, "approved").await;
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// A human records a standing approval. Refused (and audited) without a name, a workflow,
+    /// targets, or with an expiry in the past or more than a year away.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_standing(
+        &self,
+        human: &str,
+        workflow: &str,
+        targets: Vec<String>,
+        max_blast_radius: usize,
+        max_uses: Option<u32>,
+        expires_ms: i64,
+        reason: &str,
+    ) -> Result<StandingApproval> {
+        let now = now_ms();
+        let mut problems = Vec::new();
+        if human.trim().is_empty() {
+            problems.push("a standing approval names the human who records it".to_string());
+        }
+        if workflow.trim().is_empty() {
+            problems.push("name the workflow it covers".to_string());
+        }
+        if targets.is_empty() || targets.iter().any(|t| t.trim().is_empty() || t.trim() == "*") {
+            problems.push("list the targets it covers (entity ids like lxc/130 or pod/default/*); a bare * is not a limit".to_string());
+        }
+        if expires_ms <= now || expires_ms > now + 366 * 24 * 3600 * 1000 {
+            problems.push("it must expire in the future, within a year".to_string());
+        }
+        if reason.trim().is_empty() {
+            problems.push("say why (--reason)".to_string());
+        }
+        if !problems.is_empty() {
+            self.audit(human, "standing_add", workflow, "refused", json!({"problems": problems})).await;
+            return Err(ChangeFail::Invalid(problems));
+        }
+        let sa = StandingApproval {
+            id: String::new(),
+            approver: human.to_string(),
+            reason: reason.to_string(),
+            workflow: workflow.to_string(),
+            targets,
+            max_blast_radius,
+            max_uses,
+            uses: 0,
+            expires_ms,
+            created_ms: now,
+            revoked_by: None,
+        };
+        let audit = AuditEntry {
+            at_ms: now,
+            actor: human.to_string(),
+            action: "standing_add".into(),
+            target: None,
+            outcome: "ok".into(),
+            detail: serde_json::to_value(&sa).unwrap_or_default(),
+        };
+        Ok(self.store.add_standing(&sa, &audit).await?)
+    }
+
+    /// Every standing approval, newest first.
+    pub async fn standing(&self) -> Result<Vec<StandingApproval>> {
+        Ok(self.store.standing().await?)
+    }
+
+    /// A human revokes a standing approval.
+    pub async fn revoke_standing(&self, id: &str, human: &str) -> Result<()> {
+        let n = id.trim().trim_start_matches("sa-").parse::<i64>().map_err(|_| ChangeFail::NotFound(format!("{id:?} (a standing approval id looks like sa-2)")))?;
+        let audit = AuditEntry { at_ms: now_ms(), actor: human.to_string(), action: "standing_revoke".into(), target: Some(format!("sa-{n}")), outcome: "ok".into(), detail: Value::Null };
+        if self.store.revoke_standing(n, &audit).await? {
+            Ok(())
+        } else {
+            Err(ChangeFail::Refused(format!("sa-{n} does not exist or is already revoked")))
+        }
+    }
+
+    /// Adds what labops knows from the plan and the inventory to the proposer's analysis; also
+    /// returns how many other entities depend on the targets.
+    fn complete_analysis(&self, mut a: Analysis, plan: &Value, inv: &Inventory) -> (Analysis, usize) {
         let mut radius: BTreeSet<String> = a.blast_radius.iter().cloned().collect();
+        let mut dependents: BTreeSet<String> = BTreeSet::new();
         let made: BTreeSet<String> = self
             .engine
             .grounds(plan)
@@ -284,6 +386,7 @@ impl Changes {
                 Some(e) => {
                     radius.insert(format!("{t} ({}, {}): changed", e.name, e.status));
                     for i in inv.impact_of(&t).into_iter().filter(|i| i.id != t) {
+                        dependents.insert(i.id.clone());
                         radius.insert(format!("{} ({}): {} while it changes", i.id, i.name, serde_json::to_value(i.effect).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()));
                     }
                 }
@@ -307,7 +410,8 @@ impl Changes {
                 a.manual_steps.push(line);
             }
         }
-        a
+        let targets: BTreeSet<String> = self.engine.targets(plan).into_iter().collect();
+        (a, dependents.difference(&targets).count())
     }
 
     async fn save(&self, rec: &mut ChangeRecord, from: ChangeState, update: ChangeUpdate, actor: &Actor, action: &str, detail: Value) -> Result<()> {
