@@ -199,7 +199,7 @@ fn a_run_changes_a_vm_after_approval_and_rolls_back_when_the_owner_fails_it() {
     assert_eq!(c["state"], "rolled_back", "{c}");
     assert!(text.contains(&format!("{chg}: rolled_back")), "{text}");
     let issue = std::fs::read_to_string(lab.dir.path().join(format!("gitops/issues/{}.md", c["issue"]))).unwrap();
-    assert!(issue.contains("state: open") && issue.contains("failed and was rolled back") && issue.contains("no answer on port 22"), "{issue}");
+    assert!(issue.contains("state: open") && issue.contains("waits for:\n- step `owner-check`") && issue.contains("failed and was rolled back") && issue.contains("no answer on port 22"), "{issue}");
     assert_eq!(lab.remote_log(), ["Start"], "nothing was committed");
 }
 

@@ -591,7 +591,18 @@ impl Changes {
             self.engine.release(run, "labops").await?;
         }
         match self.engine.drive(run).await? {
-            Driven::Waiting { reasons } => Ok(Some(Advanced::Waiting { reasons })),
+            Driven::Waiting { reasons } => {
+                // The issue hears once about each new thing the run waits for.
+                let said = rec.outcome.as_ref().map(|o| o["waiting"].clone()).unwrap_or(Value::Null);
+                if said != json!(reasons) {
+                    let from = rec.change.state;
+                    let update = ChangeUpdate { outcome: Some(json!({"waiting": reasons})), ..Default::default() };
+                    self.save(rec, from, update, &Actor::Engine, "change_waiting", json!({"run": run, "reasons": reasons})).await?;
+                    let lines: String = reasons.iter().map(|r| format!("\n- {r}")).collect();
+                    self.comment(rec, &format!("Run {run} waits for:{lines}")).await;
+                }
+                Ok(Some(Advanced::Waiting { reasons }))
+            }
             Driven::Busy { owner } => Ok(Some(Advanced::Busy { owner })),
             Driven::Finished { outcome } => {
                 let status = self.engine.status(run).await?;
