@@ -193,6 +193,15 @@ impl LiveLab for FreshLab {
     }
 }
 
+/// The human acting from this CLI; an approval, a rejection or a standing approval needs a name.
+fn human(explicit: Option<&str>) -> anyhow::Result<String> {
+    let who = actor(explicit);
+    if who == "unknown" {
+        anyhow::bail!("labops cannot tell who you are ($USER is not set): pass --as NAME, the name the approval is recorded under");
+    }
+    Ok(who)
+}
+
 /// The change service for this config.
 pub async fn service(cfg: &Config, store: Store) -> anyhow::Result<Changes> {
     let engine = crate::runs_cmd::engine(cfg, store.clone()).await?;
@@ -391,7 +400,7 @@ pub async fn run(cmd: &ChangeCommand, cfg: &Config, store: Store) -> anyhow::Res
             Ok(ExitCode::SUCCESS)
         }
         ChangeCommand::Approve { id, plan, actor: who } => {
-            let who = actor(who.as_deref());
+            let who = human(who.as_deref())?;
             let c = changes.get(id).await?;
             // The approval is for the plan shown here (or named with --plan), by digest.
             let shown = plan.clone().unwrap_or_else(|| c.plan_digest.clone());
@@ -425,7 +434,7 @@ pub async fn run(cmd: &ChangeCommand, cfg: &Config, store: Store) -> anyhow::Res
             }
         }
         ChangeCommand::Reject { id, reason, actor: who } => {
-            let who = actor(who.as_deref());
+            let who = human(who.as_deref())?;
             match changes.reject(id, &who, reason, "cli").await {
                 Ok(c) => {
                     println!("{}: rejected by {who}: {reason}", c.change.id);
@@ -464,7 +473,7 @@ pub async fn run(cmd: &ChangeCommand, cfg: &Config, store: Store) -> anyhow::Res
 async fn standing(changes: &Changes, cmd: &StandingCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         StandingCommand::Add { workflow, targets, max_blast_radius, max_uses, expires, reason, actor: who } => {
-            let who = actor(who.as_deref());
+            let who = human(who.as_deref())?;
             let ttl = labops_engine::runs::executor::parse_duration("--expires", &Value::String(expires.clone())).map_err(anyhow::Error::msg)?;
             let expires_ms = labops_engine::lab::now_ms() + ttl.as_millis() as i64;
             match changes.add_standing(&who, workflow, targets.clone(), *max_blast_radius, *max_uses, expires_ms, reason).await {
@@ -516,7 +525,7 @@ async fn standing(changes: &Changes, cmd: &StandingCommand) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         StandingCommand::Revoke { id, actor: who } => {
-            let who = actor(who.as_deref());
+            let who = human(who.as_deref())?;
             match changes.revoke_standing(id, &who).await {
                 Ok(()) => {
                     println!("{id}: revoked by {who}");

@@ -109,13 +109,20 @@ fn table(inv: &Inventory, kind: EntityKind) -> String {
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     let mut s = format!("### {} ({})\n\n", kind_title(kind), rows.len());
     let guest = kind.is_guest();
-    s.push_str(if guest { "| VMID | Name | Node | Status |\n|---|---|---|---|\n" } else { "| Name | Node | Status | Usage |\n|---|---|---|---|\n" });
+    let placed = rows.iter().any(|e| e.node.is_some());
+    s.push_str(match (guest, placed) {
+        (true, _) => "| VMID | Name | Node | Status |\n|---|---|---|---|\n",
+        (false, true) => "| Name | Node | Status | Usage |\n|---|---|---|---|\n",
+        (false, false) => "| Name | Status | Disk |\n|---|---|---|\n",
+    });
     for e in rows {
         let node = e.node.as_deref().unwrap_or("");
         if guest {
             let _ = writeln!(s, "| {} | {} | {} | {} |", e.vmid.map(|v| v.to_string()).unwrap_or_default(), cell(&e.name), cell(node), cell(&e.status));
-        } else {
+        } else if placed {
             let _ = writeln!(s, "| {} | {} | {} | {} |", cell(&e.qualified_name()), cell(node), cell(&e.status), usage(e));
+        } else {
+            let _ = writeln!(s, "| {} | {} | {} |", cell(&e.qualified_name()), cell(&e.status), usage(e));
         }
     }
     s.push('\n');
