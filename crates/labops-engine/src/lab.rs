@@ -179,8 +179,7 @@ impl Lab {
 
     /// A lab from fixed parts, with no refresh loops (for tests and benchmarks).
     pub fn from_parts(name: &str, parts: Vec<(SourceStatus, Part)>) -> Lab {
-        let mut state = State::default();
-        state.dirty = true;
+        let mut state = State { dirty: true, ..State::default() };
         for (status, part) in parts {
             state.parts.insert(status.name.clone(), part);
             state.statuses.insert(status.name.clone(), status);

@@ -271,16 +271,17 @@ struct EventsQuery {
     after: Option<i64>,
 }
 
-fn run_number(id: &str) -> Result<i64, Response> {
+/// The run number in a path, or the 400 that says what a run number looks like.
+fn run_number(id: &str) -> Result<i64, Box<Response>> {
     id.trim_start_matches("run-")
         .parse()
-        .map_err(|_| json_error(StatusCode::BAD_REQUEST, format!("{id:?} is not a run number; GET /api/v1/runs lists them")))
+        .map_err(|_| Box::new(json_error(StatusCode::BAD_REQUEST, format!("{id:?} is not a run number; GET /api/v1/runs lists them"))))
 }
 
 async fn run_status(State(s): State<Store>, Path(id): Path<String>) -> Response {
     let id = match run_number(&id) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let found = async {
         let Some(run) = s.run(id).await? else { return Ok(None) };
@@ -301,7 +302,7 @@ async fn run_events(State(s): State<Store>, Path(id): Path<String>, Query(q): Qu
     use axum::response::sse::{Event, KeepAlive, Sse};
     let id = match run_number(&id) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match s.run(id).await {
         Ok(Some(_)) => {}
@@ -408,8 +409,9 @@ async fn approver(c: &Changes, caller: &Caller, action: &str, id: &str) -> Resul
     }
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &axum::body::Bytes, example: &str) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| json_error(StatusCode::BAD_REQUEST, format!("the body is not valid: {e}; send {example}")))
+/// The JSON body, or why it is not valid (answered with 400).
+fn json_body<T: serde::de::DeserializeOwned>(body: &axum::body::Bytes, example: &str) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the body is not valid: {e}; send {example}"))
 }
 
 async fn approve_change(State(c): State<Changes>, axum::Extension(caller): axum::Extension<Caller>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
@@ -419,7 +421,7 @@ async fn approve_change(State(c): State<Changes>, axum::Extension(caller): axum:
     };
     let b: ApproveBody = match json_body(&body, r#"{"plan_digest": "sha256:..."} (the digest of the plan you were shown)"#) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(why) => return json_error(StatusCode::BAD_REQUEST, why),
     };
     match c.approve(&id, &name, &b.plan_digest, "rest").await {
         Ok(rec) => {
@@ -442,7 +444,7 @@ async fn reject_change(State(c): State<Changes>, axum::Extension(caller): axum::
     };
     let b: RejectBody = match json_body(&body, r#"{"reason": "why not"}"#) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(why) => return json_error(StatusCode::BAD_REQUEST, why),
     };
     match c.reject(&id, &name, &b.reason, "rest").await {
         Ok(rec) => Json(rec).into_response(),

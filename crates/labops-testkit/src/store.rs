@@ -565,6 +565,7 @@ impl State {
 
     /// `PATCH` with a JSON merge, strategic merge (handled as JSON merge), JSON or apply patch.
     /// Answers the object and whether it was created (apply only).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn patch(
         &mut self,
         res: usize,

@@ -213,7 +213,7 @@ pub async fn follow(engine: &Engine, id: i64) -> anyhow::Result<ExitCode> {
             .map(|s| format!("{} ({})", s.name, s.state.replace('_', " ")))
             .collect();
         let say = if run.state == "awaiting_approval" {
-            format!("waiting for its change's approval: `labops change approve` in another terminal")
+            "waiting for its change's approval: `labops change approve` in another terminal".to_string()
         } else if !waits.is_empty() {
             format!("waiting for: {} (`labops workflow status {id}` says what to do)", waits.join(", "))
         } else {

@@ -1106,6 +1106,7 @@ impl ProxmoxTask {
     }
 
     /// Sends a mutating request and, when it answers a task, waits for the task to end.
+    #[allow(clippy::too_many_arguments)]
     async fn act(
         &self,
         cx: Option<&StepCx>,
