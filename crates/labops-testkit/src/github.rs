@@ -8,7 +8,8 @@
 //! used. A test that needs them fails, saying how to install them, when they are missing.
 //!
 //! [`Replay`] serves a list of [`Exchange`]s: each request takes the first unused exchange with
-//! its method and path (query included) and gets its recorded status, headers and body; every
+//! its method and path (query included), or a [repeated](Exchange::repeated) one, and gets its
+//! recorded status, headers and body; every
 //! request is kept ([`Replay::sent`]) so a test compares what the client sent with what the
 //! recording sent. A request no exchange matches answers 501 and is kept too.
 //!
@@ -91,6 +92,8 @@ pub struct Exchange {
     /// Where it comes from: `@octokit/fixtures SCENARIO #N`, an OpenAPI example, or a note on
     /// how it was derived.
     pub source: String,
+    /// Answers any number of requests instead of one.
+    pub repeat: bool,
 }
 
 impl Exchange {
@@ -104,7 +107,14 @@ impl Exchange {
             headers: vec![("content-type".into(), "application/json; charset=utf-8".into())],
             response,
             source: source.into(),
+            repeat: false,
         }
+    }
+
+    /// The same exchange, answering any number of requests.
+    pub fn repeated(mut self) -> Self {
+        self.repeat = true;
+        self
     }
 }
 
@@ -139,6 +149,7 @@ pub fn scenario(name: &str) -> Vec<Exchange> {
                 other => other.clone(),
             },
             source: format!("@octokit/fixtures {name} #{i}"),
+            repeat: false,
         })
         .collect()
 }
@@ -222,7 +233,7 @@ impl Replay {
         self.state.lock().expect("replay state").sent.clone()
     }
 
-    /// The exchanges no request has used yet.
+    /// The exchanges no request has used yet (repeated ones included until used once).
     pub fn unused(&self) -> Vec<Exchange> {
         self.state.lock().expect("replay state").exchanges.iter().filter(|(_, used)| !used).map(|(e, _)| e.clone()).collect()
     }
@@ -236,7 +247,10 @@ fn answer(state: &Mutex<State>, method: Method, uri: Uri, headers: HeaderMap, bo
         serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
     };
     let mut st = state.lock().expect("replay state");
-    let found = st.exchanges.iter_mut().find(|(e, used)| !*used && e.method.eq_ignore_ascii_case(method.as_str()) && e.path == path);
+    let found = st
+        .exchanges
+        .iter_mut()
+        .find(|(e, used)| (!*used || e.repeat) && e.method.eq_ignore_ascii_case(method.as_str()) && e.path == path);
     let exchange = found.map(|(e, used)| {
         *used = true;
         e.clone()
