@@ -228,8 +228,12 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Builds the client; no request is sent yet.
+    /// Builds the client; no request is sent yet. Call it inside a tokio runtime (octocrab
+    /// starts a task for its connection pool).
     pub fn new(settings: Settings) -> Result<Self> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Setup("the GitHub client must be built inside a tokio runtime".into()));
+        }
         crate::install_crypto_provider();
         let (owner, name) = parse_repo(&settings.repo).map_err(Error::Setup)?;
         let token = settings.token.expose();
@@ -431,14 +435,20 @@ mod tests {
         assert_eq!(web_url("https://ghe.example.org/api/v3/"), "https://ghe.example.org");
     }
 
-    #[test]
-    fn the_token_is_never_printed() {
+    #[tokio::test]
+    async fn the_token_is_never_printed() {
         let s = Settings::new("homelab/gitops", Secret::new("ghp_sekrit"));
         assert!(!format!("{s:?}").contains("sekrit"));
         let c = Client::new(s).unwrap();
         assert!(!format!("{c:?}").contains("sekrit"));
         let e = Client::new(Settings::new("homelab/gitops", Secret::new("two\nlines"))).unwrap_err();
         assert!(e.to_string().contains("token_file") && !e.to_string().contains("two"), "{e}");
+    }
+
+    #[test]
+    fn outside_a_runtime_the_client_says_so_instead_of_panicking() {
+        let e = Client::new(Settings::new("homelab/gitops", Secret::new("t"))).unwrap_err();
+        assert!(e.to_string().contains("tokio runtime"), "{e}");
     }
 
     #[test]
