@@ -4,6 +4,8 @@
 //!   checked against the PVE schema.
 //! - [`kubernetes`]: a watch-based cache of the cluster through kube-rs.
 //! - [`static_hosts`]: machines declared in the config (NAS, router...).
+//! - [`github`]: a repository's issues on GitHub (octocrab), for the change forge; every request
+//!   checked against GitHub's published REST description.
 //!
 //! Each read-side module turns what it sees into an inventory [`labops_core::inventory::Part`].
 //! Mutating operations come with the engine and are only reachable with proof of an approved
@@ -11,6 +13,7 @@
 
 use std::time::Duration;
 
+pub mod github;
 pub mod kubernetes;
 pub mod proxmox;
 pub mod static_hosts;

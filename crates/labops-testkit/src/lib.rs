@@ -11,6 +11,9 @@
 //!
 //! [`sshd::Sshd`] runs a real OpenSSH server on loopback for tests of commands run over SSH.
 //!
+//! [`github`] loads GitHub's published REST description and the responses `@octokit/fixtures`
+//! recorded from the real API, and replays them from a loopback server ([`github::Replay`]).
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use labops_testkit::FakeKube;
@@ -30,6 +33,7 @@
 //! ```
 
 pub mod fakepve;
+pub mod github;
 pub mod sshd;
 
 mod fields;

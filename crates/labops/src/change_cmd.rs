@@ -13,10 +13,11 @@ use clap::Subcommand;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use labops_core::change::Actor;
 use labops_core::inventory::Inventory;
-use labops_engine::changes::forge::{Forge, LocalForge};
+use labops_engine::changes::forge::{Forge, GithubForge, LocalForge};
 use labops_engine::changes::gitops::GitOps;
 use labops_engine::changes::{Advanced, Changes, LiveLab, ProposalInput, date_time};
 use labops_engine::{Lab, LabOptions};
+use labops_integrations::github;
 use labops_store::Store;
 use labops_store::changes::ChangeRecord;
 use serde_json::{Value, json};
@@ -208,7 +209,10 @@ pub async fn service(cfg: &Config, store: Store) -> anyhow::Result<Changes> {
     let gitops = cfg.gitops.as_ref().map(|g| GitOps::new(g.settings()));
     let forge: Arc<dyn Forge> = match cfg.forge.kind {
         ForgeKind::Local => Arc::new(LocalForge::new(store, gitops.as_ref().map(GitOps::issues_dir))),
-        ForgeKind::Github => anyhow::bail!("forge.kind = \"github\" is not available in this build yet; use \"local\""),
+        ForgeKind::Github => {
+            let settings = cfg.forge.github_settings().map_err(|e| anyhow::anyhow!("[forge]: {e}"))?;
+            Arc::new(GithubForge::new(github::Client::new(settings)?))
+        }
     };
     Ok(Changes::new(engine, forge, gitops, Arc::new(FreshLab { cfg: cfg.clone() })))
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use labops_integrations::static_hosts::HostConfig;
-use labops_integrations::{proxmox, Secret, TlsTrust};
+use labops_integrations::{github, proxmox, Secret, TlsTrust};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +118,27 @@ pub struct ForgeConfig {
     /// For GitHub: a file holding a token allowed to write issues.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// For GitHub: the API's URL when not github.com (GitHub Enterprise Server:
+    /// `https://HOST/api/v3`).
+    #[serde(default)]
+    pub api_url: Option<String>,
+}
+
+impl ForgeConfig {
+    /// The GitHub client's settings, with the token read from `token_file`.
+    pub fn github_settings(&self) -> Result<github::Settings, String> {
+        let repo = self.repo.clone().ok_or("forge.kind = \"github\" needs [forge] repo = \"owner/name\"")?;
+        github::parse_repo(&repo)?;
+        if self.token_file.is_none() {
+            return Err("forge.kind = \"github\" needs [forge] token_file, a file holding a token that may write the repository's issues".into());
+        }
+        let token = read_secret(&None, &self.token_file, "GitHub token")?;
+        let mut settings = github::Settings::new(repo, token);
+        if let Some(u) = &self.api_url {
+            settings.api_url = u.trim_end_matches('/').to_string();
+        }
+        Ok(settings)
+    }
 }
 
 /// Which forge.
@@ -394,7 +415,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("git", &["repository", "author_name", "author_email"]),
     ("gitops", &["path", "remote", "branch", "author_name", "author_email"]),
-    ("forge", &["kind", "repo", "token_file"]),
+    ("forge", &["kind", "repo", "token_file", "api_url"]),
 ];
 const HOST_FIELDS: &[&str] = &["name", "address", "role", "labels"];
 
@@ -506,6 +527,7 @@ pub fn load(explicit: Option<&Path>) -> Loaded {
     check_field::<ForgeKind>(&f, "forge.kind", &mut errors);
     check_field::<String>(&f, "forge.repo", &mut errors);
     check_field::<PathBuf>(&f, "forge.token_file", &mut errors);
+    check_field::<String>(&f, "forge.api_url", &mut errors);
     if let Ok(hosts) = f.extract_inner::<Vec<figment::value::Value>>("hosts") {
         for (i, h) in hosts.iter().enumerate() {
             let Some(dict) = h.as_dict() else {
@@ -559,10 +581,27 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Problem>) {
     let mut err = |path: &str, message: String| errors.push(Problem { path: path.into(), message });
     if c.forge.kind == ForgeKind::Github {
-        err(
-            "forge.kind",
-            "\"github\" is not available in this build yet (the GitHub client is still being written); use kind = \"local\", whose issues live under issues/ in the GitOps repository".into(),
-        );
+        match &c.forge.repo {
+            None => err("forge.repo", "missing: kind = \"github\" needs repo = \"owner/name\"".into()),
+            Some(r) => {
+                if let Err(e) = github::parse_repo(r) {
+                    err("forge.repo", e);
+                }
+            }
+        }
+        match &c.forge.token_file {
+            None => err("forge.token_file", "missing: kind = \"github\" needs token_file, a file holding a token that may write the repository's issues (fine-grained: Issues read and write)".into()),
+            Some(_) => {
+                if let Err(e) = read_secret(&None, &c.forge.token_file, "GitHub token") {
+                    err("forge.token_file", e);
+                }
+            }
+        }
+        if let Some(u) = &c.forge.api_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            err("forge.api_url", format!("{u:?} is not an http(s) URL; leave it out for github.com, or use https://HOST/api/v3 for GitHub Enterprise Server"));
+        }
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, a) in c.server.approvers.iter().enumerate() {
@@ -881,5 +920,29 @@ name = "NAS"
             timeout_seconds: 10,
         };
         assert!(!format!("{:?}", cfg.settings().unwrap()).contains("pw-canary"));
+    }
+
+    #[test]
+    fn a_github_forge_needs_a_repository_and_a_token() {
+        let l = load_text("[forge]\nkind = \"github\"\n");
+        let paths: Vec<&str> = l.errors.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"forge.repo") && paths.contains(&"forge.token_file"), "{:?}", l.errors);
+        assert!(l.errors.iter().all(|p| !p.message.contains("not available")), "{:?}", l.errors);
+
+        let l = load_text("[forge]\nkind = \"github\"\nrepo = \"gitops\"\ntoken_file = \"/nonexistent/token\"\napi_url = \"ghe.example.org\"\n");
+        let messages: Vec<String> = l.errors.iter().map(|p| format!("{}: {}", p.path, p.message)).collect();
+        for want in ["forge.repo: \"gitops\" is not a GitHub repository: write it as owner/name", "forge.token_file: cannot read GitHub token", "forge.api_url"] {
+            assert!(messages.iter().any(|m| m.starts_with(want)), "{want} missing from {messages:?}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "ghp_canary-token\n").unwrap();
+        let l = load_text(&format!("[forge]\nkind = \"github\"\nrepo = \"homelab/gitops\"\ntoken_file = {:?}\n", token.display().to_string()));
+        assert!(l.errors.iter().all(|p| !p.path.starts_with("forge")), "{:?}", l.errors);
+        let forge = ForgeConfig { kind: ForgeKind::Github, repo: Some("homelab/gitops".into()), token_file: Some(token), api_url: None };
+        let settings = forge.github_settings().unwrap();
+        assert_eq!((settings.repo.as_str(), settings.api_url.as_str(), settings.token.expose()), ("homelab/gitops", github::DEFAULT_API_URL, "ghp_canary-token"));
+        assert!(!format!("{settings:?}").contains("canary"));
     }
 }

@@ -1,14 +1,20 @@
-//! Where a change's issue lives. One trait; the embedded local forge is the default.
+//! Where a change's issue lives. One trait; the embedded local forge is the default, GitHub the
+//! other.
 //!
 //! The local forge numbers issues in the store and mirrors each one as markdown under
 //! `issues/N.md` in the GitOps repository, so the issues travel with the repository. As on
 //! GitHub, an issue closes when a commit whose message says `fixes #N` (or closes/resolves)
 //! reaches the branch.
+//!
+//! [`GithubForge`] keeps the issues in a GitHub repository through
+//! [`labops_integrations::github`]: the issue opens with the analysis, progress arrives as
+//! comments and labels, and the commit that lands closes it.
 
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
+use labops_integrations::github;
 use labops_store::Store;
 use labops_store::changes::ForgeIssue;
 use regex::Regex;
@@ -150,6 +156,88 @@ impl Forge for LocalForge {
             Some(_) => format!("issues/{issue}.md"),
             None => format!("local issue #{issue}"),
         }
+    }
+}
+
+/// Issues in a GitHub repository.
+///
+/// GitHub closes an issue by itself when a commit saying `fixes #N` reaches the default branch;
+/// [`Forge::commit_landed`] closes it explicitly too (with a comment naming the commit), so the
+/// issue closes whatever branch the GitOps repository pushes to. Closing is idempotent: an issue
+/// GitHub already closed is left as it is.
+#[derive(Debug)]
+pub struct GithubForge {
+    client: github::Client,
+}
+
+impl GithubForge {
+    /// A forge over `client`'s repository.
+    pub fn new(client: github::Client) -> Self {
+        Self { client }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &github::Client {
+        &self.client
+    }
+}
+
+impl From<github::Error> for ForgeError {
+    fn from(e: github::Error) -> Self {
+        ForgeError(e.to_string())
+    }
+}
+
+#[async_trait]
+impl Forge for GithubForge {
+    fn kind(&self) -> &'static str {
+        "github"
+    }
+
+    async fn open_issue(&self, title: &str, body: &str, labels: &[String]) -> Result<u64, ForgeError> {
+        Ok(self.client.create_issue(title, body, labels).await?.number)
+    }
+
+    async fn comment(&self, issue: u64, body: &str) -> Result<(), ForgeError> {
+        self.client.create_comment(issue, body).await?;
+        Ok(())
+    }
+
+    async fn label(&self, issue: u64, labels: &[String]) -> Result<(), ForgeError> {
+        self.client.add_labels(issue, labels).await?;
+        Ok(())
+    }
+
+    async fn commit_landed(&self, sha: &str, message: &str) -> Result<Vec<u64>, ForgeError> {
+        let mut closed = Vec::new();
+        for n in closed_by_message(message) {
+            let issue = match self.client.issue(n).await {
+                Ok(i) => i,
+                // Like GitHub, a keyword naming no issue of this repository closes nothing.
+                Err(e) if matches!(e.status(), Some(404 | 410)) => {
+                    tracing::warn!(issue = n, commit = sha, "the commit names an issue the repository does not have: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            // GitHub's keywords do not close pull requests, and a closed issue stays as it is
+            // (GitHub closes it itself when the commit reaches the default branch).
+            if issue.is_pull_request || issue.state == "closed" {
+                continue;
+            }
+            self.client.create_comment(n, &format!("Closed by commit {sha}.")).await?;
+            self.client.close_issue(n).await?;
+            closed.push(n);
+        }
+        Ok(closed)
+    }
+
+    async fn state(&self, issue: u64) -> Result<String, ForgeError> {
+        Ok(self.client.issue(issue).await?.state)
+    }
+
+    fn link(&self, issue: u64) -> String {
+        self.client.issue_url(issue)
     }
 }
 
