@@ -59,6 +59,9 @@ pub struct Config {
     /// `[forge]`: where change issues live.
     #[serde(default)]
     pub forge: ForgeConfig,
+    /// `[ai]`: the models labops may use and the privacy policy.
+    #[serde(default)]
+    pub ai: AiConfig,
 }
 
 /// `[gitops]`
@@ -150,6 +153,98 @@ pub enum ForgeKind {
     Local,
     /// GitHub's REST API.
     Github,
+}
+
+/// `[ai]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiConfig {
+    /// Values that must never leave the machine, besides secrets, private addresses and the
+    /// names in the inventory (serial numbers, domain names...).
+    #[serde(default)]
+    pub sensitive_values: Vec<String>,
+    /// `[ai.local]`: the model on the owner's hardware; sensitive requests go only here.
+    #[serde(default)]
+    pub local: Option<AiLocalConfig>,
+    /// `[ai.cloud]`: an optional cloud model for public requests that need hard reasoning.
+    #[serde(default)]
+    pub cloud: Option<AiCloudConfig>,
+    /// `[ai.budget]`: what the cloud may cost.
+    #[serde(default)]
+    pub budget: AiBudgetConfig,
+}
+
+/// `[ai.local]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiLocalConfig {
+    /// `ollama` or `openai-compatible` (llama.cpp, vLLM, LM Studio).
+    pub provider: LocalProvider,
+    /// Base URL (`http://still-fawn.homelab:11434`, `http://127.0.0.1:8000/v1`).
+    pub url: String,
+    /// Model name.
+    pub model: String,
+}
+
+/// A local model server's API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LocalProvider {
+    /// Ollama's native API.
+    Ollama,
+    /// Any OpenAI-compatible server.
+    OpenaiCompatible,
+}
+
+/// `[ai.cloud]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiCloudConfig {
+    /// `anthropic` or `openai`.
+    pub provider: CloudProvider,
+    /// Model name.
+    pub model: String,
+    /// API key. Prefer `api_key_file`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// File holding the API key (first line).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// API base URL, to override the provider's.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// A cloud model provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloudProvider {
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// OpenAI's API.
+    Openai,
+}
+
+impl AiCloudConfig {
+    /// The API base URL.
+    pub fn base_url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| match self.provider {
+            CloudProvider::Anthropic => "https://api.anthropic.com".into(),
+            CloudProvider::Openai => "https://api.openai.com".into(),
+        })
+    }
+}
+
+/// `[ai.budget]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiBudgetConfig {
+    /// Most the cloud may cost per day, in US dollars; absent: no daily limit.
+    #[serde(default)]
+    pub daily_usd: Option<f64>,
+    /// Most per month.
+    #[serde(default)]
+    pub monthly_usd: Option<f64>,
 }
 
 /// `[workflows]`
@@ -415,6 +510,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("git", &["repository", "author_name", "author_email"]),
     ("gitops", &["path", "remote", "branch", "author_name", "author_email"]),
+    ("ai", &["sensitive_values", "local", "cloud", "budget"]),
     ("forge", &["kind", "repo", "token_file", "api_url"]),
 ];
 const HOST_FIELDS: &[&str] = &["name", "address", "role", "labels"];

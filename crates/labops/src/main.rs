@@ -1,6 +1,7 @@
 //! The `labops` binary: parses the command line, loads the config, wires the lab, and calls the
 //! same service functions the MCP server and the REST API use.
 
+mod ai_cmd;
 mod change_cmd;
 mod config;
 mod render;
@@ -59,6 +60,11 @@ enum Command {
     Change {
         #[command(subcommand)]
         command: change_cmd::ChangeCommand,
+    },
+    /// The hybrid AI engine: `labops ai route TEXT` explains where a request would go.
+    Ai {
+        #[command(subcommand)]
+        command: ai_cmd::AiCommand,
     },
     /// The audit log: every action taken through any interface, newest first.
     Audit {
@@ -195,6 +201,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         tracing::warn!(field = %w.path, "{}", w.message);
     }
     let cfg = loaded.config.expect("no errors means a config");
+    if let Command::Ai { command } = &cli.command {
+        let store = open_store(&cfg, cli.data_dir.clone()).await?;
+        return ai_cmd::run(command, &cfg, store).await;
+    }
     if let Command::Audit { limit, json } = &cli.command {
         let store = open_store(&cfg, cli.data_dir.clone()).await?;
         let entries = store.audit_recent(*limit).await?;
@@ -231,7 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let lab = start_lab(&cfg, cli.data_dir.clone()).await?;
 
     let code = match cli.command {
-        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Audit { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Audit { .. } | Command::Ai { .. } => unreachable!("handled above"),
         Command::Mcp => {
             let changes = match lab.store() {
                 Some(store) => Some(change_cmd::service(&cfg, store.clone()).await?),
@@ -473,7 +483,7 @@ fn one_shot(lab: &Lab, cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Workloads { namespace, node, json } => {
             answer(lab.k8s_workloads(&WorkloadFilter { namespace, node }), json, render::workloads)?
         }
-        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Audit { .. } | Command::Mcp | Command::Serve { .. } => {
+        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Audit { .. } | Command::Ai { .. } | Command::Mcp | Command::Serve { .. } => {
             unreachable!("not one-shot")
         }
     })
