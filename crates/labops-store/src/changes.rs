@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use crate::{AuditEntry, Error, Result, Store};
+use crate::{AuditEntry, Error, Result, Store, insert_audit};
 
 /// A change as stored: its lifecycle and what it carries.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -158,19 +158,6 @@ async fn insert_transitions(tx: &mut sqlx::SqliteConnection, id: i64, from_seq: 
         .execute(&mut *tx)
         .await?;
     }
-    Ok(())
-}
-
-async fn insert_audit(tx: &mut sqlx::SqliteConnection, e: &AuditEntry) -> Result<()> {
-    sqlx::query("INSERT INTO audit_log (at_ms, actor, action, target, outcome, detail_json) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(e.at_ms)
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.target)
-        .bind(&e.outcome)
-        .bind(e.detail.to_string())
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }
 

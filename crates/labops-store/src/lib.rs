@@ -99,6 +99,21 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+/// Appends one audit record inside a transaction, so a state change and its record commit
+/// together.
+pub(crate) async fn insert_audit(tx: &mut sqlx::SqliteConnection, e: &AuditEntry) -> Result<()> {
+    sqlx::query("INSERT INTO audit_log (at_ms, actor, action, target, outcome, detail_json) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(e.at_ms)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.outcome)
+        .bind(e.detail.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating when needed) the database file and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Self> {
@@ -203,17 +218,7 @@ impl Store {
     pub async fn audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
         let (_w, mut tx) = self.write_tx().await?;
         for e in entries {
-            sqlx::query(
-                "INSERT INTO audit_log (at_ms, actor, action, target, outcome, detail_json) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(e.at_ms)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.target)
-            .bind(&e.outcome)
-            .bind(e.detail.to_string())
-            .execute(&mut *tx)
-            .await?;
+            insert_audit(&mut tx, e).await?;
         }
         tx.commit().await?;
         Ok(())

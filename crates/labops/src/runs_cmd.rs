@@ -372,7 +372,17 @@ pub async fn run_state(
                     changing.join(", "),
                     file.display()
                 );
-                audit(&store, &who, "workflow_run", 0, "refused: changes the lab without a change", json!({"workflow": plan.workflow})).await;
+                let refusal = AuditEntry {
+                    at_ms: labops_engine::lab::now_ms(),
+                    actor: who.clone(),
+                    action: "workflow_run".into(),
+                    target: Some(plan.workflow.clone()),
+                    outcome: "refused: changes the lab without a change".into(),
+                    detail: json!({"file": file, "mutating_steps": changing}),
+                };
+                if let Err(e) = store.audit(&refusal).await {
+                    tracing::warn!("audit write failed: {e}");
+                }
                 return Ok(ExitCode::from(1));
             }
             let (inventory, freshness) = match lab {

@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::path::Path;
 
-use common::{FakePve, labops, root};
+use common::{FakePve, git, gitops_repo, labops, root};
 use labops_testkit::github::{Exchange, Replay, example, scenario};
 use serde_json::{Value, json};
 
@@ -17,17 +16,6 @@ const REPO: &str = "octokit-fixture-org/add-labels-to-issue";
 const ISSUES: &str = "/repos/octokit-fixture-org/add-labels-to-issue/issues";
 const TOKEN: &str = "ghp_0000000000000000000000000000000000canary";
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// GitHub for one change: its issue opens as #1 (the recorded answer), takes any number of
 /// comments and labels, reads open until it is closed, then closed.
@@ -55,18 +43,12 @@ fn a_change_opens_comments_labels_and_closes_its_github_issue() {
 
     let fake = FakePve::reference();
     let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("remote.git");
-    git(dir.path(), &["init", "--quiet", "--bare", "-b", "main", remote.to_str().unwrap()]);
-    let work = dir.path().join("gitops");
-    git(dir.path(), &["clone", "--quiet", remote.to_str().unwrap(), work.to_str().unwrap()]);
-    git(&work, &["checkout", "--quiet", "-b", "main"]);
-    git(&work, &["commit", "--quiet", "--allow-empty", "-m", "Start"]);
-    git(&work, &["push", "--quiet", "origin", "main"]);
+    let repo = gitops_repo(dir.path(), &[]);
+    let (work, remote) = (dir.path().join("gitops"), dir.path().join("remote.git"));
     let token = dir.path().join("github-token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let extra = format!(
-        "\n[gitops]\npath = \"{}\"\nremote = \"origin\"\nbranch = \"main\"\n\n[forge]\nkind = \"github\"\nrepo = \"{REPO}\"\ntoken_file = \"{}\"\napi_url = \"{}\"\n",
-        work.display(),
+        "{repo}\n[forge]\nkind = \"github\"\nrepo = \"{REPO}\"\ntoken_file = \"{}\"\napi_url = \"{}\"\n",
         token.display(),
         replay.url()
     );

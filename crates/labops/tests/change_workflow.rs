@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
-use common::{FakePve, labops, root};
+use common::{FakePve, git, gitops_repo, labops, root};
 use serde_json::Value;
 
 struct Lab {
@@ -19,32 +19,12 @@ struct Lab {
     config: PathBuf,
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn lab() -> Lab {
     let fake = FakePve::reference();
     let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("remote.git");
-    git(dir.path(), &["init", "--quiet", "--bare", "-b", "main", remote.to_str().unwrap()]);
-    let work = dir.path().join("gitops");
-    git(dir.path(), &["clone", "--quiet", remote.to_str().unwrap(), work.to_str().unwrap()]);
-    std::fs::create_dir_all(work.join("docs/infrastructure")).unwrap();
-    std::fs::write(work.join("docs/infrastructure/compute.md"), "# Compute\n\nThe owner's notes on the Proxmox nodes: keep them.\n").unwrap();
-    git(&work, &["checkout", "--quiet", "-b", "main"]);
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "--quiet", "-m", "Start"]);
-    git(&work, &["push", "--quiet", "origin", "main"]);
-    let extra = format!("\n[gitops]\npath = \"{}\"\nremote = \"origin\"\nbranch = \"main\"\n\n[forge]\nkind = \"local\"\n", work.display());
+    let repo = gitops_repo(dir.path(), &[("docs/infrastructure/compute.md", "# Compute\n\nThe owner's notes on the Proxmox nodes: keep them.\n")]);
+    let extra = format!("{repo}\n[forge]\nkind = \"local\"\n");
     let config = fake.config(dir.path(), &extra);
     Lab { fake, dir, config }
 }

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{labops, FakePve};
+use common::{git, gitops_repo, labops, FakePve};
 use serde_json::Value;
 
 const WORKFLOW: &str = "apiVersion: kro.run/v1alpha1
@@ -64,38 +64,11 @@ struct Lab {
     proposal: std::path::PathBuf,
 }
 
-/// Runs git in `dir`; its stdout.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A GitOps work tree `dir/gitops` with one commit, cloned from a bare `dir/remote.git`; the
-/// `[gitops]` section for it.
-pub fn gitops(dir: &Path) -> String {
-    let remote = dir.join("remote.git");
-    git(dir, &["init", "--quiet", "--bare", "-b", "main", remote.to_str().unwrap()]);
-    let work = dir.join("gitops");
-    git(dir, &["clone", "--quiet", remote.to_str().unwrap(), work.to_str().unwrap()]);
-    std::fs::write(work.join("README.md"), "# homelab GitOps\n").unwrap();
-    git(&work, &["checkout", "--quiet", "-b", "main"]);
-    git(&work, &["add", "README.md"]);
-    git(&work, &["commit", "--quiet", "-m", "Start"]);
-    git(&work, &["push", "--quiet", "origin", "main"]);
-    format!("\n[gitops]\npath = \"{}\"\nremote = \"origin\"\nbranch = \"main\"\n", work.display())
-}
 
 fn lab() -> Lab {
     let fake = FakePve::reference();
     let dir = tempfile::tempdir().unwrap();
-    let config = fake.config(dir.path(), &gitops(dir.path()));
+    let config = fake.config(dir.path(), &gitops_repo(dir.path(), &[("README.md", "# homelab GitOps\n")]));
     let workflow = dir.path().join("vm.yaml");
     std::fs::write(&workflow, WORKFLOW).unwrap();
     let proposal = dir.path().join("proposal.yaml");

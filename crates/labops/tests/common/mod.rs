@@ -84,3 +84,36 @@ pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Runs git in `dir` (as a test author); its stdout, trimmed. Panics with git's stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A GitOps repository for a test: a bare `dir/remote.git` and its clone `dir/gitops` on `main`,
+/// with one commit "Start" holding `seed` (path, content) and pushed. Returns the `[gitops]`
+/// section of a labops config for it.
+pub fn gitops_repo(dir: &Path, seed: &[(&str, &str)]) -> String {
+    let remote = dir.join("remote.git");
+    git(dir, &["init", "--quiet", "--bare", "-b", "main", remote.to_str().unwrap()]);
+    let work = dir.join("gitops");
+    git(dir, &["clone", "--quiet", remote.to_str().unwrap(), work.to_str().unwrap()]);
+    git(&work, &["checkout", "--quiet", "-b", "main"]);
+    for (path, content) in seed {
+        let file = work.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, content).unwrap();
+    }
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "--allow-empty", "-m", "Start"]);
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    format!("\n[gitops]\npath = \"{}\"\nremote = \"origin\"\nbranch = \"main\"\n", work.display())
+}
