@@ -60,7 +60,7 @@ static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
         d(
             "credential assignment",
             Kind::Secret,
-            r#"(?i)\b(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|client[_-]?secret)\b["']?\s*[:=]\s*["']?([^\s"',;]{6,})"#,
+            r#"(?i)(?:\b|_)(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|client[_-]?secret)\b["']?\s*[:=]\s*["']?([^\s"',;]{6,})"#,
             1,
         ),
         d("private IPv4 address", Kind::Address, r"\b(?:10(?:\.\d{1,3}){3}|192\.168(?:\.\d{1,3}){2}|172\.(?:1[6-9]|2\d|3[01])(?:\.\d{1,3}){2})\b", 0),
@@ -117,6 +117,20 @@ impl Redactor {
         Self { values }
     }
 
+    /// A redactor for `values` and every node, guest, host and Kubernetes node name and address
+    /// in `inv`: internal names never leave the machine.
+    pub fn for_lab(values: &[String], inv: &labops_core::inventory::Inventory) -> Self {
+        use labops_core::inventory::EntityKind;
+        let mut all = values.to_vec();
+        for e in inv.entities() {
+            if matches!(e.kind, EntityKind::ProxmoxNode | EntityKind::Vm | EntityKind::Lxc | EntityKind::Host | EntityKind::K8sNode) {
+                all.push(e.name.clone());
+                all.extend(e.addresses.iter().cloned());
+            }
+        }
+        Self::new(all)
+    }
+
     /// Every (start, end, kind, detector) to replace in `text`, without overlaps, in order.
     fn spans(&self, text: &str) -> Vec<(usize, usize, Kind, String)> {
         let mut spans: Vec<(usize, usize, Kind, String)> = Vec::new();
@@ -154,24 +168,45 @@ impl Redactor {
 
     /// `text` with every finding replaced by a placeholder.
     pub fn redact(&self, text: &str) -> Redacted {
+        let mut session = self.session();
+        let text = session.redact(text);
+        Redacted { text, redactions: session.redactions, values: session.values }
+    }
+
+    /// A redaction session over several texts (the messages of one request): one value gets
+    /// the same placeholder in all of them, and [`Session::restore`] undoes them all.
+    pub fn session(&self) -> Session<'_> {
+        Session { redactor: self, values: BTreeMap::new(), by_value: BTreeMap::new(), counts: BTreeMap::new(), redactions: Vec::new() }
+    }
+}
+
+/// Placeholders shared by the texts of one request; see [`Redactor::session`].
+#[derive(Debug)]
+pub struct Session<'a> {
+    redactor: &'a Redactor,
+    values: BTreeMap<String, String>,
+    by_value: BTreeMap<String, String>,
+    counts: BTreeMap<Kind, usize>,
+    redactions: Vec<Redaction>,
+}
+
+impl Session<'_> {
+    /// `text` with every finding replaced by its placeholder.
+    pub fn redact(&mut self, text: &str) -> String {
         let mut out = String::with_capacity(text.len());
-        let mut values: BTreeMap<String, String> = BTreeMap::new();
-        let mut by_value: BTreeMap<String, String> = BTreeMap::new();
-        let mut redactions = Vec::new();
-        let mut counts: BTreeMap<Kind, usize> = BTreeMap::new();
         let mut at = 0;
-        for (s, e, kind, found_by) in self.spans(text) {
+        for (s, e, kind, found_by) in self.redactor.spans(text) {
             out.push_str(&text[at..s]);
             let value = &text[s..e];
-            let placeholder = match by_value.get(value) {
+            let placeholder = match self.by_value.get(value) {
                 Some(p) => p.clone(),
                 None => {
-                    let n = counts.entry(kind).or_default();
+                    let n = self.counts.entry(kind).or_default();
                     *n += 1;
                     let p = format!("[[{}_{}]]", kind.tag(), n);
-                    by_value.insert(value.to_string(), p.clone());
-                    values.insert(p.clone(), value.to_string());
-                    redactions.push(Redaction { placeholder: p.clone(), kind, found_by });
+                    self.by_value.insert(value.to_string(), p.clone());
+                    self.values.insert(p.clone(), value.to_string());
+                    self.redactions.push(Redaction { placeholder: p.clone(), kind, found_by });
                     p
                 }
             };
@@ -179,7 +214,21 @@ impl Redactor {
             at = e;
         }
         out.push_str(&text[at..]);
-        Redacted { text: out, redactions, values }
+        out
+    }
+
+    /// `answer` with every placeholder of the session put back to its value.
+    pub fn restore(&self, answer: &str) -> String {
+        let mut out = answer.to_string();
+        for (placeholder, value) in &self.values {
+            out = out.replace(placeholder.as_str(), value);
+        }
+        out
+    }
+
+    /// What was replaced so far.
+    pub fn redactions(&self) -> &[Redaction] {
+        &self.redactions
     }
 }
 
@@ -212,6 +261,8 @@ mod tests {
     #[test]
     fn assignments_keys_and_pem_blocks_are_found() {
         let r = Redactor::default();
+        let env = r.redact("PBS_PASSWORD=LABOPS-CANARY-a07c55 and DB_TOKEN: abcdef123456");
+        assert!(!env.text.contains("LABOPS-CANARY") && !env.text.contains("abcdef123456"), "environment-style names too: {}", env.text);
         let text = "password: hunter2hunter\napi_key = \"abcd1234efgh\"\n-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\nAuthorization: Bearer abcdefghijklmnop1234";
         let red = r.redact(text);
         for leaked in ["hunter2hunter", "abcd1234efgh", "b3BlbnNzaC1rZXktdjEAAAAA", "abcdefghijklmnop1234"] {

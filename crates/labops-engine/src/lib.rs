@@ -11,11 +11,14 @@
 //!   the gate that refuses a mutating run whose change is not approved for its exact plan.
 //! - [`changes`]: the change workflow (issue, approval, execution, validation, docs, commit,
 //!   close), the forge trait and the local forge, the GitOps documentation.
+//! - [`tasks`]: the universal task processor's service: the workflow library the agent may
+//!   propose from, and drafts turned into change proposals.
 
 pub mod changes;
 pub mod lab;
 pub mod runs;
 pub mod service;
+pub mod tasks;
 
 pub use lab::{Lab, LabOptions, Snapshot, SourceSpec};
 pub use service::{Freshness, ServiceError};

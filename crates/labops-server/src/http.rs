@@ -43,6 +43,8 @@ pub struct HttpOptions {
     pub approvers: Vec<(String, String)>,
     /// The change service, for the change tools and `/api/v1/changes`.
     pub changes: Option<Changes>,
+    /// The task service, for `process_task` (absent: no model is configured).
+    pub tasks: Option<labops_engine::tasks::Tasks>,
 }
 
 /// Loopback names always accepted in the Host header.
@@ -176,8 +178,9 @@ pub fn router(lab: Lab, opts: &HttpOptions) -> Router {
     hosts.extend(opts.allowed_hosts.iter().cloned());
     let mcp_lab = lab.clone();
     let mcp_changes = opts.changes.clone();
+    let mcp_tasks = opts.tasks.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(LabMcp::new(mcp_lab.clone(), "mcp:http").with_changes(mcp_changes.clone())),
+        move || Ok(LabMcp::new(mcp_lab.clone(), "mcp:http").with_changes(mcp_changes.clone()).with_tasks(mcp_tasks.clone())),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
             .with_allowed_hosts(hosts.clone())

@@ -11,6 +11,7 @@
 //! Migrations live in `migrations/` and run on [`Store::open`]. Queries use `sqlx::query` with
 //! bound parameters (no compile-time database needed).
 
+pub mod ai;
 pub mod changes;
 pub mod runs;
 
@@ -259,7 +260,7 @@ mod tests {
         let path = dir.path().join("state/labops.db");
         {
             let store = Store::open(&path).await.unwrap();
-            assert_eq!(store.schema_version().await.unwrap(), 4);
+            assert_eq!(store.schema_version().await.unwrap(), 5);
             let mut part = Part::default();
             part.entities.push(Entity::new(EntityKind::Vm, "vm/108", "k3s-vm-still-fawn", "running", "proxmox"));
             store.save_snapshot("proxmox", "https://127.0.0.1:8006", 42, &part).await.unwrap();
@@ -299,7 +300,7 @@ mod tests {
             for o in opens {
                 o.await.unwrap().unwrap();
             }
-            assert_eq!(Store::open(&path).await.unwrap().schema_version().await.unwrap(), 4);
+            assert_eq!(Store::open(&path).await.unwrap().schema_version().await.unwrap(), 5);
         }
     }
 

@@ -14,6 +14,9 @@
 //! [`github`] loads GitHub's published REST description and the responses `@octokit/fixtures`
 //! recorded from the real API, and replays them from a loopback server ([`github::Replay`]).
 //!
+//! [`llm::ScriptedLlm`] answers chat requests with scripted turns in the Ollama, OpenAI and
+//! Anthropic wire formats (streaming and not), for tests of code that talks to a model.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use labops_testkit::FakeKube;
@@ -34,6 +37,7 @@
 
 pub mod fakepve;
 pub mod github;
+pub mod llm;
 pub mod sshd;
 
 mod fields;

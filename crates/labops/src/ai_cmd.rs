@@ -4,17 +4,23 @@
 //! privacy-first router decides.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Subcommand;
 use labops_ai::privacy::{Purpose, classify};
 use labops_ai::redact::Redactor;
+use labops_ai::agent::Limits;
+use labops_ai::engine::{Ai, Budget};
+use labops_ai::model::{Model, Price};
+use labops_ai::provider::{GenaiModel, ProviderKind, ProviderSpec};
 use labops_ai::router::{Providers, route};
+use labops_engine::tasks::{Library, Tasks};
 use labops_core::inventory::EntityKind;
 use labops_store::Store;
 use serde_json::json;
 
-use crate::config::{AiCloudConfig, AiLocalConfig, Config, LocalProvider, read_secret};
+use crate::config::{AiCloudConfig, AiLocalConfig, CloudProvider, Config, LocalProvider, ToolModeConfig, read_secret};
 
 /// `labops ai ...`
 #[derive(Debug, Subcommand)]
@@ -35,6 +41,109 @@ pub enum AiCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What the models cost and did: calls, failures, tokens, dollars, latency and redactions
+    /// per provider, and the budget left.
+    Usage {
+        /// Over the last N days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The configured models, as the engine uses them.
+pub fn models(cfg: &Config) -> anyhow::Result<(Option<Arc<dyn Model>>, Option<Arc<dyn Model>>)> {
+    let local = match &cfg.ai.local {
+        None => None,
+        Some(l) => {
+            let timeout = Duration::from_secs(l.timeout_seconds.unwrap_or(120));
+            let http = labops_integrations::http_client(&labops_integrations::TlsTrust::System, timeout).map_err(anyhow::Error::msg)?;
+            let api_key = match (&l.api_key, &l.api_key_file) {
+                (None, None) => None,
+                (k, f) => Some(read_secret(k, f, "local model API key").map_err(anyhow::Error::msg)?.expose().to_string()),
+            };
+            let spec = ProviderSpec {
+                kind: match l.provider {
+                    LocalProvider::Ollama => ProviderKind::Ollama,
+                    LocalProvider::OpenaiCompatible => ProviderKind::OpenaiCompatible,
+                },
+                url: l.url.clone(),
+                model: l.model.clone(),
+                api_key,
+                leaves_machine: false,
+                price: Price::default(),
+                timeout,
+                native_tools: l.tool_mode == Some(ToolModeConfig::Native),
+            };
+            Some(Arc::new(GenaiModel::new(spec, http)?) as Arc<dyn Model>)
+        }
+    };
+    let cloud = match &cfg.ai.cloud {
+        None => None,
+        Some(c) => {
+            let timeout = Duration::from_secs(c.timeout_seconds.unwrap_or(120));
+            let http = labops_integrations::http_client(&labops_integrations::TlsTrust::System, timeout).map_err(anyhow::Error::msg)?;
+            // A missing key is not fatal: the cloud is then unavailable and says why.
+            let api_key = read_secret(&c.api_key, &c.api_key_file, "cloud API key").ok().map(|s| s.expose().to_string());
+            let (list_in, list_out) = list_price(c.provider, &c.model);
+            let spec = ProviderSpec {
+                kind: match c.provider {
+                    CloudProvider::Anthropic => ProviderKind::Anthropic,
+                    CloudProvider::Openai => ProviderKind::Openai,
+                },
+                url: c.base_url(),
+                model: c.model.clone(),
+                api_key,
+                leaves_machine: true,
+                price: Price { input_per_mtok: c.input_usd_per_mtok.unwrap_or(list_in), output_per_mtok: c.output_usd_per_mtok.unwrap_or(list_out) },
+                timeout,
+                native_tools: c.tool_mode != Some(ToolModeConfig::Json),
+            };
+            Some(Arc::new(GenaiModel::new(spec, http)?) as Arc<dyn Model>)
+        }
+    };
+    Ok((local, cloud))
+}
+
+/// List prices per million tokens (input, output) of common cloud models; 3/15 otherwise.
+fn list_price(p: CloudProvider, model: &str) -> (f64, f64) {
+    let m = model.to_ascii_lowercase();
+    match p {
+        CloudProvider::Anthropic if m.contains("haiku") => (1.0, 5.0),
+        CloudProvider::Anthropic if m.contains("opus") => (5.0, 25.0),
+        CloudProvider::Openai if m.contains("mini") => (0.25, 2.0),
+        CloudProvider::Openai => (1.25, 10.0),
+        _ => (3.0, 15.0),
+    }
+}
+
+/// The AI engine from config, recording into `store`; `None` when no model is configured.
+pub fn engine(cfg: &Config, store: &Store) -> anyhow::Result<Option<Arc<Ai>>> {
+    let (local, cloud) = models(cfg)?;
+    if local.is_none() && cloud.is_none() {
+        return Ok(None);
+    }
+    let budget = Budget { daily_usd: cfg.ai.budget.daily_usd, monthly_usd: cfg.ai.budget.monthly_usd };
+    Ok(Some(Arc::new(Ai::new(local, cloud, budget, Redactor::new(cfg.ai.sensitive_values.clone()), Some(store.clone())))))
+}
+
+/// The task service from config; `None` when no model is configured.
+pub fn tasks(cfg: &Config, store: &Store, changes: Option<labops_engine::changes::Changes>) -> anyhow::Result<Option<Tasks>> {
+    let Some(ai) = engine(cfg, store)? else { return Ok(None) };
+    let dir = cfg.ai.library.clone().unwrap_or_else(|| "workflows".into());
+    let library = Library::load(&dir);
+    if library.choices().is_empty() {
+        tracing::warn!("no workflow of the library is in {}: `labops ask` can answer but not propose; set [ai] library", dir.display());
+    }
+    let d = Limits::default();
+    let limits = Limits {
+        max_steps: cfg.ai.max_steps.unwrap_or(d.max_steps),
+        max_time: cfg.ai.task_timeout_seconds.map(Duration::from_secs).unwrap_or(d.max_time),
+        max_cost_usd: cfg.ai.task_max_usd.unwrap_or(d.max_cost_usd),
+    };
+    Ok(Some(Tasks { ai, library: Arc::new(library), changes, limits, sensitive: cfg.ai.sensitive_values.clone() }))
 }
 
 const PROBE: Duration = Duration::from_secs(2);
@@ -134,6 +243,42 @@ pub async fn run(cmd: &AiCommand, cfg: &Config, store: Store) -> anyhow::Result<
                 println!("privacy: {} (purpose: {})", serde_json::to_value(d.privacy)?.as_str().unwrap_or("?"), serde_json::to_value(class.purpose)?.as_str().unwrap_or("?"));
                 println!("why: {}", d.reason);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        AiCommand::Usage { days, json: json_out } => {
+            let now = labops_engine::lab::now_ms();
+            let since = now - i64::from(*days) * 86_400_000;
+            let rows = store.ai_usage_since(since).await?;
+            let day = now - now.rem_euclid(86_400_000);
+            let today = store.ai_spent_since(day).await?;
+            let budget = &cfg.ai.budget;
+            if *json_out {
+                println!("{}", serde_json::to_string_pretty(&json!({"days": days, "providers": rows, "spent_today_usd": today, "budget": {"daily_usd": budget.daily_usd, "monthly_usd": budget.monthly_usd}}))?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if rows.is_empty() {
+                println!("No model calls in the last {days} days.");
+            } else {
+                let mut t = comfy_table::Table::new();
+                t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
+                    .set_header(["provider", "route", "calls", "failed", "tokens in", "tokens out", "cost", "mean latency", "redacted"]);
+                for r in &rows {
+                    t.add_row([
+                        r.provider.clone(),
+                        r.route.clone(),
+                        r.calls.to_string(),
+                        r.failed.to_string(),
+                        r.input_tokens.to_string(),
+                        r.output_tokens.to_string(),
+                        format!("${:.4}", r.cost_usd),
+                        format!("{:.0} ms", r.mean_latency_ms),
+                        r.redactions.to_string(),
+                    ]);
+                }
+                println!("Model calls, last {days} days:\n{t}");
+            }
+            let left = |limit: Option<f64>, spent: f64| limit.map(|l| format!("${spent:.4} of ${l:.2} ({:.0}% left)", (100.0 * (l - spent) / l).max(0.0))).unwrap_or_else(|| format!("${spent:.4} (no limit)"));
+            println!("Cloud spend today: {}", left(budget.daily_usd, today));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -172,6 +172,19 @@ pub struct AiConfig {
     /// `[ai.budget]`: what the cloud may cost.
     #[serde(default)]
     pub budget: AiBudgetConfig,
+    /// The workflow library the AI may propose from (default `workflows`, relative to the
+    /// working directory): `*.yaml` and `actions/*.yaml`.
+    #[serde(default)]
+    pub library: Option<PathBuf>,
+    /// Most model calls per task (default 10).
+    #[serde(default)]
+    pub max_steps: Option<u32>,
+    /// Most seconds per task (default 300).
+    #[serde(default)]
+    pub task_timeout_seconds: Option<u64>,
+    /// Most US dollars per task (default 0.25).
+    #[serde(default)]
+    pub task_max_usd: Option<f64>,
 }
 
 /// `[ai.local]`
@@ -184,6 +197,29 @@ pub struct AiLocalConfig {
     pub url: String,
     /// Model name.
     pub model: String,
+    /// API key, when the server was started with one. Prefer `api_key_file`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// File holding the API key (first line).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// `json` (default: one schema-constrained JSON object per step, which small models
+    /// follow) or `native` (the server's tool calls, for capable models).
+    #[serde(default)]
+    pub tool_mode: Option<ToolModeConfig>,
+    /// Most seconds per call (default 120).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// How a model picks tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolModeConfig {
+    /// One schema-constrained JSON object per step.
+    Json,
+    /// Native tool calls.
+    Native,
 }
 
 /// A local model server's API.
@@ -213,6 +249,19 @@ pub struct AiCloudConfig {
     /// API base URL, to override the provider's.
     #[serde(default)]
     pub url: Option<String>,
+    /// US dollars per million prompt tokens (default: the provider's list price for known
+    /// models, else 3).
+    #[serde(default)]
+    pub input_usd_per_mtok: Option<f64>,
+    /// US dollars per million generated tokens (default: list price, else 15).
+    #[serde(default)]
+    pub output_usd_per_mtok: Option<f64>,
+    /// `native` (default) or `json`.
+    #[serde(default)]
+    pub tool_mode: Option<ToolModeConfig>,
+    /// Most seconds per call (default 120).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
 }
 
 /// A cloud model provider.
@@ -510,7 +559,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("git", &["repository", "author_name", "author_email"]),
     ("gitops", &["path", "remote", "branch", "author_name", "author_email"]),
-    ("ai", &["sensitive_values", "local", "cloud", "budget"]),
+    ("ai", &["sensitive_values", "local", "cloud", "budget", "library", "max_steps", "task_timeout_seconds", "task_max_usd"]),
     ("forge", &["kind", "repo", "token_file", "api_url"]),
 ];
 const HOST_FIELDS: &[&str] = &["name", "address", "role", "labels"];

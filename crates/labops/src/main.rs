@@ -2,6 +2,7 @@
 //! same service functions the MCP server and the REST API use.
 
 mod ai_cmd;
+mod ask_cmd;
 mod change_cmd;
 mod config;
 mod render;
@@ -65,6 +66,28 @@ enum Command {
     Ai {
         #[command(subcommand)]
         command: ai_cmd::AiCommand,
+    },
+    /// Ask anything about the lab in plain words: an answer from its live data, a change
+    /// proposal awaiting a human's approval, or a question back. Never acts. The answer
+    /// streams; what the model looks up is shown on stderr.
+    Ask {
+        /// The request.
+        text: String,
+        /// Attach a file as untrusted data (an alert, a log excerpt): read, never obeyed.
+        #[arg(long = "doc", value_name = "FILE")]
+        docs: Vec<PathBuf>,
+        /// It needs hard reasoning: prefer the cloud model when privacy and budget allow.
+        #[arg(long)]
+        hard: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks that need the lab: `labops bench eval` runs the eval set against a model.
+    Bench {
+        /// What to measure.
+        #[command(subcommand)]
+        command: BenchCommand,
     },
     /// The audit log: every action taken through any interface, newest first.
     Audit {
@@ -183,6 +206,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// `labops bench ...`
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Run the eval set (requests on the reference homelab with expected outcomes) against a
+    /// configured model; report the pass rate and grounding errors. Proposes nothing.
+    Eval {
+        /// The cases.
+        #[arg(long, default_value = "evals/homelab.yaml")]
+        cases: PathBuf,
+        /// `local` or `cloud`: which configured model answers.
+        #[arg(long, default_value = "local")]
+        model: String,
+        /// Only the first N cases.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Init { path, force } => return init(path.clone(), *force),
@@ -242,12 +286,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
     let code = match cli.command {
         Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Audit { .. } | Command::Ai { .. } => unreachable!("handled above"),
+        Command::Ask { text, docs, hard, json } => {
+            let store = lab.store().context("`labops ask` needs the state database")?.clone();
+            ask_cmd::ask(&cfg, store, &lab, &text, &docs, hard, json).await?
+        }
+        Command::Bench { command: BenchCommand::Eval { cases, model, limit, json } } => {
+            let store = lab.store().context("`labops bench eval` needs the state database")?.clone();
+            ask_cmd::eval(&cfg, store, &lab, &cases, &model, limit, json).await?
+        }
         Command::Mcp => {
-            let changes = match lab.store() {
-                Some(store) => Some(change_cmd::service(&cfg, store.clone()).await?),
-                None => None,
+            let (changes, tasks) = match lab.store() {
+                Some(store) => {
+                    let changes = change_cmd::service(&cfg, store.clone()).await?;
+                    let tasks = ai_cmd::tasks(&cfg, store, Some(changes.clone()))?;
+                    (Some(changes), tasks)
+                }
+                None => (None, None),
             };
-            labops_server::serve_stdio(lab.clone(), changes).await.map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
+            labops_server::serve_stdio(lab.clone(), changes, tasks).await.map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
             ExitCode::SUCCESS
         }
         Command::Serve { listen } => {
@@ -261,6 +317,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 approvers: cfg.server.approvers().map_err(anyhow::Error::msg)?,
                 changes: match lab.store() {
                     Some(store) => Some(change_cmd::service(&cfg, store.clone()).await?),
+                    None => None,
+                },
+                tasks: match lab.store() {
+                    Some(store) => ai_cmd::tasks(&cfg, store, Some(change_cmd::service(&cfg, store.clone()).await?))?,
                     None => None,
                 },
             };
@@ -483,7 +543,16 @@ fn one_shot(lab: &Lab, cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Workloads { namespace, node, json } => {
             answer(lab.k8s_workloads(&WorkloadFilter { namespace, node }), json, render::workloads)?
         }
-        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Audit { .. } | Command::Ai { .. } | Command::Mcp | Command::Serve { .. } => {
+        Command::Init { .. }
+        | Command::Config { .. }
+        | Command::Workflow { .. }
+        | Command::Change { .. }
+        | Command::Audit { .. }
+        | Command::Ai { .. }
+        | Command::Ask { .. }
+        | Command::Bench { .. }
+        | Command::Mcp
+        | Command::Serve { .. } => {
             unreachable!("not one-shot")
         }
     })
