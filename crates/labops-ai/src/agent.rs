@@ -204,7 +204,9 @@ const ANSWER: &str = "answer";
 const PROPOSE: &str = "propose_change";
 const CLARIFY: &str = "ask_clarifying_question";
 
-/// The JSON schema of one step in JSON mode: call a tool, answer, propose or ask.
+/// The JSON schema of one step in JSON mode: call a tool, answer, propose or ask. No length
+/// bounds: grammar-constrained decoders (llama.cpp) unroll them into grammars too large to
+/// load; lengths are cut in code.
 pub fn step_schema(tools: &[ToolSpec], workflows: &[WorkflowChoice]) -> Value {
     let tool_names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     let wf_names: Vec<&str> = workflows.iter().map(|w| w.name.as_str()).collect();
@@ -218,22 +220,22 @@ pub fn step_schema(tools: &[ToolSpec], workflows: &[WorkflowChoice]) -> Value {
              "required": ["action", "tool", "arguments"], "additionalProperties": false},
             {"type": "object", "properties": {
                 "action": {"const": ANSWER},
-                "text": {"type": "string", "minLength": 1, "maxLength": 4000},
-                "entities": {"type": "array", "items": {"type": "string"}, "maxItems": 20}},
+                "text": {"type": "string"},
+                "entities": {"type": "array", "items": {"type": "string"}}},
              "required": ["action", "text", "entities"], "additionalProperties": false},
             {"type": "object", "properties": {
                 "action": {"const": PROPOSE},
                 "workflow": {"enum": wf_names},
                 "target": {"type": "string"},
                 "values": {"type": "object"},
-                "title": {"type": "string", "minLength": 3, "maxLength": 200},
-                "why": {"type": "string", "minLength": 3, "maxLength": 2000},
+                "title": {"type": "string"},
+                "why": {"type": "string"},
                 "risk": {"enum": ["low", "medium", "high"]},
-                "time_saved_hours_per_month": {"type": "number", "minimum": 0, "maximum": 744}},
+                "time_saved_hours_per_month": {"type": "number"}},
              "required": ["action", "workflow", "target", "title", "why", "risk"], "additionalProperties": false},
             {"type": "object", "properties": {
                 "action": {"const": "clarify"},
-                "question": {"type": "string", "minLength": 3, "maxLength": 1000}},
+                "question": {"type": "string"}},
              "required": ["action", "question"], "additionalProperties": false}
         ]
     })
@@ -341,11 +343,11 @@ fn parse_json_step(v: Value) -> Step {
     match v["action"].as_str().unwrap_or("") {
         "call_tool" => Step::Tool(ToolCall { id: String::new(), name: v["tool"].as_str().unwrap_or("").into(), arguments: v["arguments"].clone() }),
         ANSWER => Step::Answer {
-            text: v["text"].as_str().unwrap_or("").into(),
+            text: v["text"].as_str().unwrap_or("").chars().take(8000).collect(),
             entities: v["entities"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default(),
         },
         PROPOSE => Step::Propose(v),
-        _ => Step::Clarify(v["question"].as_str().unwrap_or("").into()),
+        _ => Step::Clarify(v["question"].as_str().unwrap_or("").chars().take(1000).collect()),
     }
 }
 

@@ -238,6 +238,7 @@ impl Model for GenaiModel {
             .stream;
         let mut reply = Reply::default();
         let mut streamed = String::new();
+        let mut ended = false;
         loop {
             let event = tokio::time::timeout_at(deadline.into(), stream.next()).await.map_err(|_| timed_out())?;
             let Some(event) = event else { break };
@@ -247,6 +248,7 @@ impl Model for GenaiModel {
                     streamed.push_str(&c.content);
                 }
                 ChatStreamEvent::End(end) => {
+                    ended = true;
                     if let Some(u) = &end.captured_usage {
                         reply.usage = usage(u);
                     }
@@ -257,6 +259,9 @@ impl Model for GenaiModel {
                 }
                 _ => {}
             }
+        }
+        if !ended {
+            return Err(ModelError::BadReply(format!("{}'s stream stopped before its end (the server interrupted it, or the connection dropped)", self.id)));
         }
         if reply.text.is_empty() {
             reply.text = streamed;

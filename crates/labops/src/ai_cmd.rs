@@ -119,19 +119,18 @@ fn list_price(p: CloudProvider, model: &str) -> (f64, f64) {
     }
 }
 
-/// The AI engine from config, recording into `store`; `None` when no model is configured.
-pub fn engine(cfg: &Config, store: &Store) -> anyhow::Result<Option<Arc<Ai>>> {
+/// The AI engine from config, recording into `store`. With no model configured it still
+/// routes: public work to an MCP client's model (sampling) when one is connected, the rest
+/// refused with what to configure.
+pub fn engine(cfg: &Config, store: &Store) -> anyhow::Result<Arc<Ai>> {
     let (local, cloud) = models(cfg)?;
-    if local.is_none() && cloud.is_none() {
-        return Ok(None);
-    }
     let budget = Budget { daily_usd: cfg.ai.budget.daily_usd, monthly_usd: cfg.ai.budget.monthly_usd };
-    Ok(Some(Arc::new(Ai::new(local, cloud, budget, Redactor::new(cfg.ai.sensitive_values.clone()), Some(store.clone())))))
+    Ok(Arc::new(Ai::new(local, cloud, budget, Redactor::new(cfg.ai.sensitive_values.clone()), Some(store.clone()))))
 }
 
-/// The task service from config; `None` when no model is configured.
+/// The task service from config.
 pub fn tasks(cfg: &Config, store: &Store, changes: Option<labops_engine::changes::Changes>) -> anyhow::Result<Option<Tasks>> {
-    let Some(ai) = engine(cfg, store)? else { return Ok(None) };
+    let ai = engine(cfg, store)?;
     let dir = cfg.ai.library.clone().unwrap_or_else(|| "workflows".into());
     let library = Library::load(&dir);
     if library.choices().is_empty() {

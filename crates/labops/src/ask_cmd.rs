@@ -94,9 +94,7 @@ pub async fn ask(cfg: &Config, store: Store, lab: &Lab, text: &str, docs: &[Path
     let documents = documents(docs)?;
     anyhow::ensure!(text.len() <= 16 * 1024, "the request is {} bytes; keep it under 16 KiB and attach long text with --doc", text.len());
     let changes = crate::change_cmd::service(cfg, store.clone()).await?;
-    let Some(tasks) = crate::ai_cmd::tasks(cfg, &store, Some(changes))? else {
-        anyhow::bail!("no model is configured: add [ai.local] (a local model server) to labops.toml; `labops init` writes a commented example");
-    };
+    let Some(tasks) = crate::ai_cmd::tasks(cfg, &store, Some(changes))? else { anyhow::bail!("the task service could not be set up") };
     lab.wait_until_reported(std::time::Duration::from_secs(20)).await;
     let mcp = LabMcp::new(lab.clone(), "cli");
     let toolbox = LabToolbox { mcp: &mcp, library: tasks.library.clone() };
