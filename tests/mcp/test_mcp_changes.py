@@ -128,3 +128,41 @@ def test_a_model_proposes_and_only_the_human_approves(changelab):
     assert 'fixes #1' in log, log
     entries = audit(changelab['config'])
     assert any(e['action'] == 'approve_change' and e['outcome'].startswith('refused') for e in entries), entries
+
+
+def test_process_task_uses_the_clients_model_for_public_work_only(changelab):
+    """No model configured: a public request is served by the client's own model through MCP
+    sampling (redacted: the lab's names never reach it); a sensitive one is refused and the
+    client's model is never asked."""
+    sampled = []
+
+    async def client_model(context, params):
+        sampled.append(params)
+        step = {'action': 'answer', 'text': 'Longhorn is simpler to run on a small cluster; Ceph scales further.',
+                'entities': []}
+        return types.CreateMessageResult(role='assistant', model='client-model',
+                                         content=types.TextContent(type='text', text=json.dumps(step)))
+
+    async def run():
+        params = StdioServerParameters(command=LABOPS, args=['--config', changelab['config'], 'mcp'])
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write, sampling_callback=client_model) as session:
+                await session.initialize()
+                public = await session.call_tool('process_task', {'request': 'Compare Longhorn and Ceph for a small cluster'})
+                sensitive = await session.call_tool('process_task', {'request': 'What runs on pumped-piglet?'})
+                return public, sensitive
+
+    public, sensitive = asyncio.run(run())
+    assert not public.is_error, public
+    view = public.structured_content
+    assert view['kind'] == 'answer' and 'Longhorn' in view['text'], view
+    assert view['providers'] == ['mcp-client/sampling'], view
+    assert len(sampled) == 1, 'one step, one sampling request'
+    sent = json.dumps([m.model_dump() for m in sampled[0].messages]) + (sampled[0].system_prompt or '')
+    for name in ('pumped-piglet', 'still-fawn', 'chief-horse'):
+        assert name not in sent, f'{name} reached the client model'
+    view = sensitive.structured_content
+    assert view['kind'] == 'refused' and 'never' in view['text'], view
+    assert len(sampled) == 1, 'a sensitive request never goes to the client model'
+    calls = [a for a in audit(changelab['config']) if a['action'] == 'ai_call']
+    assert any(c['target'] == 'mcp-client/sampling' and c['outcome'] == 'ok' for c in calls), calls

@@ -26,7 +26,7 @@ LABOPS = os.environ.get('LABOPS_TEST_BIN', str(ROOT / 'target' / 'release' / 'la
 READ_TOOLS = {'inventory_summary', 'list_entities', 'k8s_workloads', 'get_entity', 'resolve', 'node_status',
               'guest_status', 'impact_of', 'list_runs', 'run_status', 'watch_run', 'list_changes', 'change_status'}
 # Tools that record something (a proposal, a human's answer) but change nothing in the lab.
-RECORD_TOOLS = {'propose_change', 'request_approval'}
+RECORD_TOOLS = {'propose_change', 'request_approval', 'process_task'}
 TOOLS = READ_TOOLS | RECORD_TOOLS
 
 

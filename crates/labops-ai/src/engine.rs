@@ -40,6 +40,8 @@ struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
     last_error: String,
+    /// Recent latency of successful calls, exponentially weighted (newest 30%).
+    latency_ms: Option<f64>,
 }
 
 /// Who asks, for what.
@@ -125,6 +127,11 @@ fn windows(ms: i64) -> (i64, i64) {
     (day, month)
 }
 
+/// Start of the UTC month holding `ms`, as the monthly budget counts it.
+pub fn month_start(ms: i64) -> i64 {
+    windows(ms).1
+}
+
 impl Ai {
     /// An engine over these models. `store` records every call (and sums the spend); without
     /// one (tests of pure routing) nothing is recorded and the budget counts nothing.
@@ -180,11 +187,23 @@ impl Ai {
         }
     }
 
-    fn note(&self, id: &str, outcome: Result<(), &ModelError>) {
+    /// Why `m` is too slow for its latency target, if it is.
+    fn slow(&self, m: &dyn Model) -> Option<String> {
+        let target = m.latency_target()?;
+        let all = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let avg = all.get(m.id())?.latency_ms?;
+        (avg > target.as_millis() as f64).then(|| format!("slower than its latency target ({:.1} s on average, target {:.1} s)", avg / 1000.0, target.as_secs_f64()))
+    }
+
+    fn note(&self, id: &str, outcome: Result<Duration, &ModelError>) {
         let mut all = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
         let b = all.entry(id.to_string()).or_default();
         match outcome {
-            Ok(()) => *b = Breaker::default(),
+            Ok(took) => {
+                let ms = took.as_millis() as f64;
+                let latency = Some(b.latency_ms.map_or(ms, |old| 0.7 * old + 0.3 * ms));
+                *b = Breaker { latency_ms: latency, ..Breaker::default() };
+            }
             Err(e) => {
                 b.failures += 1;
                 b.last_error = e.to_string().chars().take(160).collect();
@@ -222,6 +241,7 @@ impl Ai {
                 None => p.local = Some(m.id().to_string()),
                 Some(why) => p.local_down = Some(why),
             }
+            p.local_slow = self.slow(m.as_ref());
         }
         if let Some(m) = &self.cloud {
             let input_tokens = req.texts().map(str::len).sum::<usize>() as u64 / 4;
@@ -232,6 +252,7 @@ impl Ai {
                 p.cloud_down = Some(why);
             } else {
                 p.cloud = Some(m.id().to_string());
+                p.cloud_slow = self.slow(m.as_ref());
             }
         }
         p
@@ -298,7 +319,7 @@ impl Ai {
                 None => model.chat(&outgoing, None).await,
             };
             let latency = started.elapsed().as_millis() as i64;
-            self.note(model.id(), result.as_ref().map(|_| ()));
+            self.note(model.id(), result.as_ref().map(|_| started.elapsed()));
             let mut d = decision.clone();
             d.route = r;
             d.provider = Some(model.id().to_string());
@@ -503,6 +524,42 @@ mod tests {
         let calls = store.ai_calls_recent(10).await.unwrap();
         assert_eq!(calls.len(), 3, "every call recorded");
         assert_eq!((calls[0].route.as_str(), calls[0].privacy.as_str()), ("local", "public"));
+    }
+
+    /// A local model that takes its time.
+    struct Slow;
+
+    #[async_trait::async_trait]
+    impl Model for Slow {
+        fn id(&self) -> &str {
+            "local/slow"
+        }
+        fn leaves_machine(&self) -> bool {
+            false
+        }
+        fn price(&self) -> Price {
+            Price::default()
+        }
+        fn latency_target(&self) -> Option<Duration> {
+            Some(Duration::from_millis(5))
+        }
+        async fn chat(&self, _req: &Request, _on_text: Option<OnText<'_>>) -> Result<Reply, ModelError> {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            Ok(Reply { text: "slowly".into(), ..Default::default() })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_model_slower_than_its_latency_target_gives_way_where_privacy_allows() {
+        let cloud = canned("cloud/m", true, false);
+        let ai = Ai::new(Some(Arc::new(Slow)), Some(cloud.clone()), Budget::default(), Redactor::default(), None);
+        let easy = Call { actor: "test".into(), ..Default::default() };
+        assert_eq!(ai.chat(&req("compare Longhorn and Ceph"), &easy, None).await.unwrap().provider, "local/slow", "no measure yet");
+        let s = ai.chat(&req("compare Longhorn and Ceph"), &easy, None).await.unwrap();
+        assert_eq!(s.provider, "cloud/m", "{}", s.decision.reason);
+        assert!(s.decision.reason.contains("latency target"), "{}", s.decision.reason);
+        let s = ai.chat(&req("password = hunter2hunter2 fails"), &easy, None).await.unwrap();
+        assert_eq!(s.provider, "local/slow", "a sensitive request stays, slow or not");
     }
 
     #[test]

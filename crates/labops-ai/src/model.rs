@@ -166,6 +166,11 @@ pub trait Model: Send + Sync {
     fn native_tools(&self) -> bool {
         true
     }
+    /// How fast its answers should come; slower on average, the router prefers another model
+    /// where privacy allows.
+    fn latency_target(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// One call. With `on_text`, the answer streams and each piece of text is passed to it as it
     /// arrives; the reply is the same either way.
     async fn chat(&self, req: &Request, on_text: Option<OnText<'_>>) -> Result<Reply, ModelError>;

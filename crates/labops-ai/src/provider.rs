@@ -99,6 +99,7 @@ pub struct GenaiModel {
     client: genai::Client,
     spec: ProviderSpec,
     id: String,
+    latency_target: Option<Duration>,
 }
 
 impl std::fmt::Debug for GenaiModel {
@@ -122,7 +123,13 @@ impl GenaiModel {
             .build()
             .map_err(|e| ModelError::BadReply(format!("the {} client cannot be built: {e}", spec.kind.as_str())))?;
         let id = format!("{}/{}", spec.kind.as_str(), spec.model);
-        Ok(Self { client, spec, id })
+        Ok(Self { client, spec, id, latency_target: None })
+    }
+
+    /// Sets how fast its answers should come (the router's latency target).
+    pub fn with_latency_target(mut self, target: Option<Duration>) -> Self {
+        self.latency_target = target;
+        self
     }
 
     fn request(&self, req: &Request) -> (ChatRequest, ChatOptions) {
@@ -216,6 +223,10 @@ impl Model for GenaiModel {
 
     fn native_tools(&self) -> bool {
         self.spec.native_tools
+    }
+
+    fn latency_target(&self) -> Option<Duration> {
+        self.latency_target
     }
 
     async fn chat(&self, req: &Request, on_text: Option<OnText<'_>>) -> Result<Reply, ModelError> {

@@ -30,6 +30,11 @@ pub struct Providers {
     pub cloud: Option<String>,
     /// Why the cloud is unavailable (down, no network, budget spent), when it is configured.
     pub cloud_down: Option<String>,
+    /// Why the local model is to be avoided for speed (its recent answers are slower than its
+    /// latency target), when it is.
+    pub local_slow: Option<String>,
+    /// The same for the cloud model.
+    pub cloud_slow: Option<String>,
     /// Whether a connected MCP client offers sampling.
     pub sampling: bool,
     /// Whether the request needs hard reasoning (prefers the cloud when allowed).
@@ -67,20 +72,26 @@ pub fn route(c: &Classification, p: &Providers) -> Decision {
             },
         },
         Privacy::Public => {
+            let cloud_fast = p.cloud.is_some() && p.cloud_slow.is_none();
             if p.hard
+                && cloud_fast
                 && let Some(m) = &p.cloud
             {
                 return Decision { route: Route::Cloud, provider: Some(m.clone()), privacy: c.privacy, reason: format!("public ({why}) and hard: served by the cloud model {m}, redacted") };
             }
-            if let Some(m) = &p.local {
-                let extra = match (&p.cloud, &p.cloud_down) {
-                    (None, Some(down)) => format!("; the cloud is unavailable ({down})"),
+            if let Some(m) = &p.local
+                && (p.local_slow.is_none() || !cloud_fast)
+            {
+                let extra = match (&p.cloud, &p.cloud_down, &p.cloud_slow) {
+                    (None, Some(down), _) => format!("; the cloud is unavailable ({down})"),
+                    (Some(_), _, Some(slow)) => format!("; the cloud is {slow}"),
                     _ => String::new(),
                 };
                 return local(format!("public ({why}): the local model {m} serves it{extra}"));
             }
             if let Some(m) = &p.cloud {
-                return Decision { route: Route::Cloud, provider: Some(m.clone()), privacy: c.privacy, reason: format!("public ({why}); no local model is available: the cloud model {m} serves it, redacted") };
+                let extra = p.local_slow.as_ref().map(|s| format!("; the local model is {s}")).unwrap_or_else(|| "; no local model is available".into());
+                return Decision { route: Route::Cloud, provider: Some(m.clone()), privacy: c.privacy, reason: format!("public ({why}){extra}: the cloud model {m} serves it, redacted") };
             }
             if p.sampling {
                 return Decision { route: Route::Sampling, provider: Some("mcp-client".into()), privacy: c.privacy, reason: format!("public ({why}); no model is configured: the MCP client's own model serves it (this leaves the machine), redacted") };
@@ -125,6 +136,14 @@ mod tests {
         let d = route(&c, &spent);
         assert_eq!(d.route, Route::Local);
         assert!(d.reason.contains("budget"), "{}", d.reason);
+        let slow_local = Providers { local_slow: Some("slower than its latency target (3.1 s on average, target 1 s)".into()), ..providers() };
+        let d = route(&c, &slow_local);
+        assert_eq!(d.route, Route::Cloud, "public and the local model too slow: {}", d.reason);
+        assert!(d.reason.contains("latency target"), "{}", d.reason);
+        let both_slow = Providers { cloud_slow: Some("slower than its latency target".into()), ..slow_local };
+        assert_eq!(route(&c, &both_slow).route, Route::Local, "no faster choice: stay local");
+        let secret = classify("password = s3cretpassw0rd", None, &Redactor::default());
+        assert_eq!(route(&secret, &both_slow).route, Route::Local, "speed never moves a sensitive request");
         let only_client = Providers { local: None, cloud: None, sampling: true, ..Default::default() };
         assert_eq!(route(&c, &only_client).route, Route::Sampling);
         assert_eq!(route(&c, &Providers::default()).route, Route::Refused);

@@ -145,6 +145,23 @@ fn registry(kube: kube::Client, repository: &Path) -> Registry {
         .register(Arc::new(GitCommit::new(GitSettings::new(repository))))
         .register(Arc::new(KubeDeployment::new(kube.clone())))
         .register(Arc::new(KubeTask::new(kube)));
+    // The AI steps, over a local model that nothing serves (checks call no model).
+    let spec = labops_ai::provider::ProviderSpec {
+        kind: labops_ai::provider::ProviderKind::Ollama,
+        url: "http://127.0.0.1:1".into(),
+        model: "unused".into(),
+        api_key: None,
+        leaves_machine: false,
+        price: Default::default(),
+        timeout: Duration::from_secs(1),
+        native_tools: false,
+    };
+    let http = labops_integrations::http_client(&TlsTrust::System, Duration::from_secs(1)).expect("http client");
+    let model: Arc<dyn labops_ai::model::Model> = Arc::new(labops_ai::provider::GenaiModel::new(spec, http).expect("model"));
+    let ai = Arc::new(labops_ai::engine::Ai::new(Some(model), None, Default::default(), Default::default(), None));
+    for e in labops_engine::runs::ai::AiStep::all(ai) {
+        reg.register(e);
+    }
     reg
 }
 

@@ -36,6 +36,9 @@ impl Toolbox for LabToolbox<'_> {
     }
 
     async fn inventory(&self) -> Arc<Inventory> {
+        // The lab's names are what the redactor and the privacy classes protect: a task asked
+        // right after start waits for every source's first report (at most 20 s).
+        self.mcp.lab().wait_until_reported(std::time::Duration::from_secs(20)).await;
         self.mcp.lab().snapshot().inventory.clone()
     }
 

@@ -330,3 +330,16 @@ async fn public_work_goes_to_the_cloud_redacted_and_falls_back_when_it_is_down_o
     let usage = store.ai_usage_since(0).await.unwrap();
     assert!(usage.iter().any(|u| u.provider == "anthropic/scripted" && u.failed == 1), "the failed call is recorded: {usage:?}");
 }
+
+#[tokio::test]
+async fn a_task_that_never_concludes_stops_at_its_step_limit() {
+    let lab = lab();
+    let turns: Vec<Turn> = (0..6).map(|_| Turn::tool_call("inventory_summary", json!({}))).collect();
+    let llm = ScriptedLlm::start(turns).await.unwrap();
+    let (mut t, _) = tasks(Some(model(ProviderKind::OpenaiCompatible, &llm.url(), false, true)), None, Budget::default()).await;
+    t.limits = Limits { max_steps: 3, ..Limits::default() };
+    let v = ask(&t, &lab, "Tell me everything", &[], false).await;
+    assert_eq!(v.kind, "refused", "{v:?}");
+    assert!(v.text.contains("3 model calls, the limit"), "{}", v.text);
+    assert_eq!((v.model_calls, llm.answered()), (3, 3), "no call past the limit");
+}

@@ -77,7 +77,7 @@ pub fn models(cfg: &Config) -> anyhow::Result<(Option<Arc<dyn Model>>, Option<Ar
                 timeout,
                 native_tools: l.tool_mode == Some(ToolModeConfig::Native),
             };
-            Some(Arc::new(GenaiModel::new(spec, http)?) as Arc<dyn Model>)
+            Some(Arc::new(GenaiModel::new(spec, http)?.with_latency_target(l.latency_target_ms.map(Duration::from_millis))) as Arc<dyn Model>)
         }
     };
     let cloud = match &cfg.ai.cloud {
@@ -101,7 +101,7 @@ pub fn models(cfg: &Config) -> anyhow::Result<(Option<Arc<dyn Model>>, Option<Ar
                 timeout,
                 native_tools: c.tool_mode != Some(ToolModeConfig::Json),
             };
-            Some(Arc::new(GenaiModel::new(spec, http)?) as Arc<dyn Model>)
+            Some(Arc::new(GenaiModel::new(spec, http)?.with_latency_target(c.latency_target_ms.map(Duration::from_millis))) as Arc<dyn Model>)
         }
     };
     Ok((local, cloud))
@@ -191,6 +191,27 @@ async fn sensitive_values(cfg: &Config, store: &Store) -> Vec<String> {
     values
 }
 
+/// Why the cloud may not be used now for budget reasons, if it may not.
+async fn over_budget(cfg: &Config, store: &Store) -> Option<String> {
+    let now = labops_engine::lab::now_ms();
+    let day = now - now.rem_euclid(86_400_000);
+    if let Some(limit) = cfg.ai.budget.daily_usd {
+        let spent = store.ai_spent_since(day).await.unwrap_or(f64::INFINITY);
+        if spent >= limit {
+            return Some(format!("the daily budget of ${limit:.2} is spent (${spent:.4} today)"));
+        }
+    }
+    if let Some(limit) = cfg.ai.budget.monthly_usd {
+        // The month as the engine counts it: since the first of the UTC month.
+        let month = labops_ai::engine::month_start(now);
+        let spent = store.ai_spent_since(month).await.unwrap_or(f64::INFINITY);
+        if spent >= limit {
+            return Some(format!("the monthly budget of ${limit:.2} is spent (${spent:.4} this month)"));
+        }
+    }
+    None
+}
+
 /// Runs one `labops ai` command.
 pub async fn run(cmd: &AiCommand, cfg: &Config, store: Store) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -223,6 +244,11 @@ pub async fn run(cmd: &AiCommand, cfg: &Config, store: Store) -> anyhow::Result<
                 Some((_, Err(e))) => p.local_down = Some(e),
                 None => {}
             }
+            // The spend so far, as the engine sums it before each cloud call.
+            let cloud = match cloud {
+                Some((c, Ok(()))) => Some((c, over_budget(cfg, &store).await.map_or(Ok(()), Err))),
+                other => other,
+            };
             match cloud {
                 Some((c, Ok(()))) => p.cloud = Some(format!("{}/{}", serde_json::to_value(c.provider)?.as_str().unwrap_or("cloud"), c.model)),
                 Some((_, Err(e))) => p.cloud_down = Some(e),

@@ -210,6 +210,9 @@ pub struct AiLocalConfig {
     /// Most seconds per call (default 120).
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// Milliseconds an answer should take on average; slower, public work goes to the cloud.
+    #[serde(default)]
+    pub latency_target_ms: Option<u64>,
 }
 
 /// How a model picks tools.
@@ -262,6 +265,9 @@ pub struct AiCloudConfig {
     /// Most seconds per call (default 120).
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// Milliseconds an answer should take on average; slower, hard work stays local.
+    #[serde(default)]
+    pub latency_target_ms: Option<u64>,
 }
 
 /// A cloud model provider.

@@ -315,7 +315,7 @@ pub fn parse_data(data: Option<&str>) -> anyhow::Result<Value> {
 
 /// The executors this config can run: `external-task`, `milestone` and local `system-check`
 /// always; the others when their integration is configured.
-pub async fn registry(cfg: &crate::config::Config) -> anyhow::Result<labops_engine::runs::Registry> {
+pub async fn registry(cfg: &crate::config::Config, store_for_ai: &Store) -> anyhow::Result<labops_engine::runs::Registry> {
     use labops_engine::runs::basic::{ExternalTask, Milestone};
     use labops_engine::runs::commands::{CommandRunner, NodeCommands};
     use labops_engine::runs::{Executor, git::GitCommit, kube, proxmox::ProxmoxTask, system::SystemCheck};
@@ -335,6 +335,14 @@ pub async fn registry(cfg: &crate::config::Config) -> anyhow::Result<labops_engi
     if let Some(g) = &cfg.git {
         r.register(Arc::new(GitCommit::new(g.clone())));
     }
+    // The AI step types, when a model is configured (otherwise a step of theirs is refused at
+    // submit time with what to configure).
+    if cfg.ai.local.is_some() || cfg.ai.cloud.is_some() {
+        let store = store_for_ai.clone();
+        for e in labops_engine::runs::ai::AiStep::all(crate::ai_cmd::engine(cfg, &store)?) {
+            r.register(e);
+        }
+    }
     if let Some(k) = &cfg.kubernetes {
         let settings = labops_integrations::kubernetes::Settings { kubeconfig: k.kubeconfig.clone(), context: k.context.clone() };
         let (client, _) = labops_integrations::kubernetes::client(&settings).await?;
@@ -346,7 +354,7 @@ pub async fn registry(cfg: &crate::config::Config) -> anyhow::Result<labops_engi
 /// The engine over the state database of `cfg`.
 pub async fn engine(cfg: &crate::config::Config, store: Store) -> anyhow::Result<Engine> {
     let crash = std::env::var("LABOPS_TEST_CRASH_AT").ok().and_then(|s| labops_engine::runs::CrashPoint::parse(&s));
-    Ok(Engine::new(store, registry(cfg).await?, cfg.workflows.steps_at_once, cfg.workflows.parallel_branches).with_crash_point(crash))
+    Ok(Engine::new(store.clone(), registry(cfg, &store).await?, cfg.workflows.steps_at_once, cfg.workflows.parallel_branches).with_crash_point(crash))
 }
 
 /// Runs one of the run commands.

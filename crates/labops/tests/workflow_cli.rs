@@ -80,7 +80,8 @@ fn plan_binds_parameters_from_set_and_values() {
     let out = stdout(&o);
     assert!(out.starts_with("Plan for homelab-service-template: 10 step(s) in 10 stage(s)"), "{out}");
     assert!(out.contains("Parameters: service_name=paperless"), "{out}");
-    assert!(out.contains("not available yet: needs the AI engine (#5)"), "{out}");
+    assert!(out.contains("not available yet: needs the OPNsense and Traefik integrations"), "{out}");
+    assert!(!out.contains("needs the AI engine"), "the AI steps run through the AI engine: {out}");
 
     let dir = tempfile::tempdir().unwrap();
     let values = dir.path().join("values.yaml");

@@ -82,7 +82,6 @@ const fn f(name: &'static str, kind: FieldKind) -> Field {
     Field { name, kind }
 }
 
-const AI: Availability = Availability::Later("needs the AI engine (#5)");
 const CHANGE: Availability = Availability::Later("needs the change workflow with GitHub (#4)");
 const NET: Availability = Availability::Later("needs the OPNsense and Traefik integrations (no issue yet)");
 const KRO: Availability =
@@ -98,16 +97,16 @@ pub const STEP_TYPES: &[StepType] = &[
         fields: &[f("prompt", FieldKind::Scalar), f("analysis_output", FieldKind::Any)],
         mutates: false,
         waits_for_human: false,
-        availability: AI,
+        availability: Availability::Now,
     },
     StepType {
         name: "ai-configuration",
-        description: "The AI engine configures a deployed service from a prompt and examples.",
+        description: "The AI engine drafts a deployed service's configuration from a prompt and examples (applying it is a later step's or a human's job).",
         required: &[&["prompt"]],
         fields: &[f("prompt", FieldKind::Scalar), f("examples", FieldKind::Mapping)],
-        mutates: true,
+        mutates: false,
         waits_for_human: false,
-        availability: AI,
+        availability: Availability::Now,
     },
     StepType {
         name: "ai-task",
@@ -116,16 +115,16 @@ pub const STEP_TYPES: &[StepType] = &[
         fields: &[f("prompt", FieldKind::Scalar), f("analysis_output", FieldKind::Any)],
         mutates: false,
         waits_for_human: false,
-        availability: AI,
+        availability: Availability::Now,
     },
     StepType {
         name: "ai-validation",
         description: "The AI engine checks the outcome against success criteria.",
         required: &[&["success_criteria"]],
-        fields: &[f("success_criteria", FieldKind::List), f("prompt", FieldKind::Scalar)],
+        fields: &[f("success_criteria", FieldKind::List), f("prompt", FieldKind::Scalar), f("evidence", FieldKind::Any)],
         mutates: false,
         waits_for_human: false,
-        availability: AI,
+        availability: Availability::Now,
     },
     StepType {
         name: "auto-documentation",

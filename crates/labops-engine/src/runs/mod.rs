@@ -9,6 +9,7 @@
 //! - [`git`], `git-commit`;
 //! - [`kube`], `kubernetes-task` and `kubernetes-deployment`.
 
+pub mod ai;
 pub mod basic;
 pub mod commands;
 pub mod driver;
