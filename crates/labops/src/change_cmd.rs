@@ -36,9 +36,10 @@ pub enum ChangeCommand {
         /// The proposal (YAML or JSON): `title`, `analysis` (`what`, `why`, `risk`: low | medium
         /// | high, optional `risk_notes`, `manual_steps`), `roi` (`time_saved_hours_per_month`,
         /// `cost_once`, `cost_monthly`, `learning_value`, `complexity`, `risk`, `basis`), and
-        /// optionally `area` (compute, storage, kubernetes, hosts).
+        /// optionally `area` (compute, storage, kubernetes, hosts). Without it, the AI engine
+        /// drafts them from the plan (needs [ai.local]), marked as an estimate for the approver.
         #[arg(long, value_name = "FILE")]
-        proposal: PathBuf,
+        proposal: Option<PathBuf>,
         /// A parameter value (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -338,12 +339,27 @@ fn print_change(c: &ChangeRecord) {
 
 /// Runs one `labops change` command.
 pub async fn run(cmd: &ChangeCommand, cfg: &Config, store: Store) -> anyhow::Result<ExitCode> {
+    let store_for_draft = store.clone();
     let changes = service(cfg, store).await?;
     match cmd {
         ChangeCommand::Propose { file, proposal, set, values, actor: who, json: json_out } => {
             let who = actor(who.as_deref());
-            let input = read_proposal(proposal)?;
             let Some((_, plan)) = crate::workflow_cmd::plan_file(file, set, values.as_deref())? else { return Ok(ExitCode::from(1)) };
+            let input = match proposal {
+                Some(p) => read_proposal(p)?,
+                None => {
+                    if cfg.ai.local.is_none() && cfg.ai.cloud.is_none() {
+                        anyhow::bail!("no --proposal: pass --proposal FILE (title, analysis, roi), or configure [ai.local] to have the AI engine draft it");
+                    }
+                    let tasks = crate::ai_cmd::tasks(cfg, &store_for_draft, None)?.context("the AI engine could not be set up")?;
+                    let call = labops_ai::engine::Call { actor: "cli".into(), ..Default::default() };
+                    let draft = tasks.draft_proposal(&plan, &call).await.map_err(anyhow::Error::msg)?;
+                    if !*json_out {
+                        eprintln!("The AI engine drafted the proposal ({}); review it before approving.", draft.roi.basis);
+                    }
+                    draft
+                }
+            };
             let params = serde_json::to_value(&plan.parameters).unwrap_or(Value::Null);
             match changes.propose(&plan, params, input, Actor::Human(who), "cli").await {
                 Ok(c) if c.change.state.as_str() == "approved" => {

@@ -112,3 +112,36 @@ fn a_read_question_streams_its_answer_and_an_unconfigured_lab_says_what_to_do() 
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("[ai.local]"), "says what to configure: {stdout}");
 }
+
+#[test]
+fn the_ai_engine_drafts_a_proposal_the_human_did_not_write() {
+    let draft = json!({
+        "title": "Snapshot haos before the upgrade",
+        "what": "A snapshot of VM 116 on chief-horse.",
+        "why": "A way back if the Home Assistant upgrade fails.",
+        "risk": "low",
+        "risk_notes": "Uses some space on local-lvm.",
+        "time_saved_hours_per_month": 0.5,
+        "learning_value": 2,
+        "complexity": 1,
+        "risk_score": 1
+    });
+    let (_rt, llm) = scripted(vec![Turn::text("Sure, here it is!"), Turn::text(draft.to_string())]);
+    let lab = lab(&ai_config(&llm.url()));
+    let wf = root().join("workflows/actions/guest-snapshot.yaml");
+    let out = lab.ok(&["change", "propose", wf.to_str().unwrap(), "--set", "node=chief-horse", "--set", "vmid=116", "--json"]);
+    let c: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["state"], "awaiting_approval", "{c}");
+    assert_eq!(c["title"], "Snapshot haos before the upgrade");
+    assert_eq!(c["proposal"]["roi"]["complexity"], 1);
+    assert!(c["proposal"]["roi"]["basis"].as_str().unwrap().contains("drafted by the AI engine (ollama/scripted)"), "{}", c["proposal"]["roi"]);
+    let posts: Vec<_> = llm.requests().into_iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(posts.len(), 2, "one repair of the invalid first draft");
+    assert!(posts[0].body.to_string().contains("guest-snapshot"), "the model sees the plan");
+    assert!(posts[1].body.to_string().contains("not valid"), "and is told what was wrong");
+
+    let bare = self::lab("");
+    let (out, o, e) = bare.labops(&["change", "propose", wf.to_str().unwrap(), "--set", "node=chief-horse", "--set", "vmid=116"]);
+    assert_eq!(out.status.code(), Some(1), "{o}{e}");
+    assert!(e.contains("--proposal FILE") && e.contains("[ai.local]"), "{e}");
+}
