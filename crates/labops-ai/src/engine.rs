@@ -215,7 +215,7 @@ impl Ai {
     }
 
     /// Why the cloud may not take a request of about `estimate` dollars now, if it may not.
-    async fn over_budget(&self, estimate: f64) -> Option<String> {
+    pub async fn over_budget(&self, estimate: f64) -> Option<String> {
         let store = self.store.as_ref()?;
         let (day, month) = windows(now_ms());
         if let Some(limit) = self.budget.daily_usd {
@@ -269,7 +269,9 @@ impl Ai {
     /// One call: routed, redacted when it leaves the machine, falling back along the chain,
     /// recorded. `on_text` streams the answer's text as it arrives (restored).
     pub async fn chat(&self, req: &Request, call: &Call, on_text: Option<OnText<'_>>) -> Result<Served, AiError> {
-        let (class, decision) = self.decide(req, call).await;
+        let class = self.classify(req, call.purpose);
+        let providers = self.providers(req, call).await;
+        let decision = route(&class, &providers);
         if decision.route == Route::Refused {
             self.record(call, &class, &decision, "none", 0, Default::default(), 0.0, 0, &format!("refused: {}", decision.reason), json!({})).await;
             return Err(AiError::Refused(decision.reason));
@@ -283,7 +285,6 @@ impl Ai {
                 chain.push((r, m.clone()));
             }
         };
-        let providers = self.providers(req, call).await;
         let cloud_ok = providers.cloud.is_some();
         match decision.route {
             Route::Local => push(&mut chain, Route::Local, self.local.as_ref()),

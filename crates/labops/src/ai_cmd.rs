@@ -129,7 +129,7 @@ pub fn engine(cfg: &Config, store: &Store) -> anyhow::Result<Arc<Ai>> {
 }
 
 /// The task service from config.
-pub fn tasks(cfg: &Config, store: &Store, changes: Option<labops_engine::changes::Changes>) -> anyhow::Result<Option<Tasks>> {
+pub fn tasks(cfg: &Config, store: &Store, changes: Option<labops_engine::changes::Changes>) -> anyhow::Result<Tasks> {
     let ai = engine(cfg, store)?;
     let dir = cfg.ai.library.clone().unwrap_or_else(|| "workflows".into());
     let library = Library::load(&dir);
@@ -142,7 +142,7 @@ pub fn tasks(cfg: &Config, store: &Store, changes: Option<labops_engine::changes
         max_time: cfg.ai.task_timeout_seconds.map(Duration::from_secs).unwrap_or(d.max_time),
         max_cost_usd: cfg.ai.task_max_usd.unwrap_or(d.max_cost_usd),
     };
-    Ok(Some(Tasks { ai, library: Arc::new(library), changes, limits, sensitive: cfg.ai.sensitive_values.clone() }))
+    Ok(Tasks { ai, library: Arc::new(library), changes, limits, sensitive: cfg.ai.sensitive_values.clone() })
 }
 
 const PROBE: Duration = Duration::from_secs(2);
@@ -191,27 +191,6 @@ async fn sensitive_values(cfg: &Config, store: &Store) -> Vec<String> {
     values
 }
 
-/// Why the cloud may not be used now for budget reasons, if it may not.
-async fn over_budget(cfg: &Config, store: &Store) -> Option<String> {
-    let now = labops_engine::lab::now_ms();
-    let day = now - now.rem_euclid(86_400_000);
-    if let Some(limit) = cfg.ai.budget.daily_usd {
-        let spent = store.ai_spent_since(day).await.unwrap_or(f64::INFINITY);
-        if spent >= limit {
-            return Some(format!("the daily budget of ${limit:.2} is spent (${spent:.4} today)"));
-        }
-    }
-    if let Some(limit) = cfg.ai.budget.monthly_usd {
-        // The month as the engine counts it: since the first of the UTC month.
-        let month = labops_ai::engine::month_start(now);
-        let spent = store.ai_spent_since(month).await.unwrap_or(f64::INFINITY);
-        if spent >= limit {
-            return Some(format!("the monthly budget of ${limit:.2} is spent (${spent:.4} this month)"));
-        }
-    }
-    None
-}
-
 /// Runs one `labops ai` command.
 pub async fn run(cmd: &AiCommand, cfg: &Config, store: Store) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -246,7 +225,7 @@ pub async fn run(cmd: &AiCommand, cfg: &Config, store: Store) -> anyhow::Result<
             }
             // The spend so far, as the engine sums it before each cloud call.
             let cloud = match cloud {
-                Some((c, Ok(()))) => Some((c, over_budget(cfg, &store).await.map_or(Ok(()), Err))),
+                Some((c, Ok(()))) => Some((c, engine(cfg, &store)?.over_budget(0.0).await.map_or(Ok(()), Err))),
                 other => other,
             };
             match cloud {

@@ -94,7 +94,7 @@ pub async fn ask(cfg: &Config, store: Store, lab: &Lab, text: &str, docs: &[Path
     let documents = documents(docs)?;
     anyhow::ensure!(text.len() <= 16 * 1024, "the request is {} bytes; keep it under 16 KiB and attach long text with --doc", text.len());
     let changes = crate::change_cmd::service(cfg, store.clone()).await?;
-    let Some(tasks) = crate::ai_cmd::tasks(cfg, &store, Some(changes))? else { anyhow::bail!("the task service could not be set up") };
+    let tasks = crate::ai_cmd::tasks(cfg, &store, Some(changes))?;
     lab.wait_until_reported(std::time::Duration::from_secs(20)).await;
     let mcp = LabMcp::new(lab.clone(), "cli");
     let toolbox = LabToolbox { mcp: &mcp, library: tasks.library.clone() };
@@ -201,7 +201,7 @@ pub async fn eval(cfg: &Config, store: Store, lab: &Lab, cases: &Path, model: &s
     };
     let model_id = local.as_ref().or(cloud.as_ref()).map(|m| m.id().to_string()).unwrap_or_default();
     let ai = Arc::new(Ai::new(local, cloud, Budget::default(), Redactor::new(cfg.ai.sensitive_values.clone()), Some(store.clone())));
-    let mut tasks = crate::ai_cmd::tasks(cfg, &store, None)?.context("no model is configured")?;
+    let mut tasks = crate::ai_cmd::tasks(cfg, &store, None)?;
     tasks.ai = ai;
     // Drafts only: the eval proposes nothing for real.
     let tasks = Tasks { changes: None, ..tasks };

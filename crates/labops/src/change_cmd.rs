@@ -351,7 +351,7 @@ pub async fn run(cmd: &ChangeCommand, cfg: &Config, store: Store) -> anyhow::Res
                     if cfg.ai.local.is_none() && cfg.ai.cloud.is_none() {
                         anyhow::bail!("no --proposal: pass --proposal FILE (title, analysis, roi), or configure [ai.local] to have the AI engine draft it");
                     }
-                    let tasks = crate::ai_cmd::tasks(cfg, &store_for_draft, None)?.context("the AI engine could not be set up")?;
+                    let tasks = crate::ai_cmd::tasks(cfg, &store_for_draft, None)?;
                     let call = labops_ai::engine::Call { actor: "cli".into(), ..Default::default() };
                     let draft = tasks.draft_proposal(&plan, &call).await.map_err(anyhow::Error::msg)?;
                     if !*json_out {

@@ -731,6 +731,29 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Problem>) {
     let mut err = |path: &str, message: String| errors.push(Problem { path: path.into(), message });
+    if let Some(n) = c.ai.max_steps
+        && !(1..=100).contains(&n)
+    {
+        err("ai.max_steps", format!("{n} is out of range; use 1..=100 model calls per task"));
+    }
+    if c.ai.task_timeout_seconds == Some(0) {
+        err("ai.task_timeout_seconds", "0 leaves no time; use a number of seconds, say 300".into());
+    }
+    for (path, v) in [("ai.task_max_usd", c.ai.task_max_usd), ("ai.budget.daily_usd", c.ai.budget.daily_usd), ("ai.budget.monthly_usd", c.ai.budget.monthly_usd)] {
+        if let Some(v) = v
+            && !(v.is_finite() && v >= 0.0)
+        {
+            err(path, format!("{v} is not an amount of US dollars; use a number of 0 or more"));
+        }
+    }
+    for (path, v) in [
+        ("ai.local.timeout_seconds", c.ai.local.as_ref().and_then(|l| l.timeout_seconds)),
+        ("ai.cloud.timeout_seconds", c.ai.cloud.as_ref().and_then(|l| l.timeout_seconds)),
+    ] {
+        if v == Some(0) {
+            err(path, "0 leaves no time for an answer; use a number of seconds, say 120".into());
+        }
+    }
     if c.forge.kind == ForgeKind::Github {
         match &c.forge.repo {
             None => err("forge.repo", "missing: kind = \"github\" needs repo = \"owner/name\"".into()),
@@ -1018,6 +1041,30 @@ colour = "red"
             assert!(paths.contains(&want), "{want} missing from {paths:?}");
         }
         assert!(l.config.is_none());
+    }
+
+    #[test]
+    fn ai_limits_out_of_range_are_reported_with_their_paths() {
+        let l = load_text(
+            r#"
+[ai]
+max_steps = 0
+task_max_usd = -1
+[ai.budget]
+daily_usd = -2
+[ai.local]
+provider = "ollama"
+url = "http://127.0.0.1:11434"
+model = "qwen2.5:7b"
+timeout_seconds = 0
+"#,
+        );
+        let paths: Vec<&str> = l.errors.iter().map(|p| p.path.as_str()).collect();
+        for want in ["ai.max_steps", "ai.task_max_usd", "ai.budget.daily_usd", "ai.local.timeout_seconds"] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+        let l = load_text("[ai.local]\nprovider = \"ollama\"\nurl = \"http://127.0.0.1:11434\"\nmodel = \"m\"\ntool_mode = \"telepathy\"\n");
+        assert!(l.errors.iter().any(|p| p.path.starts_with("ai.local")), "the unknown tool_mode is named: {:?}", l.errors);
     }
 
     #[test]

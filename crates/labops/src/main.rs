@@ -299,7 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(store) => {
                     let changes = change_cmd::service(&cfg, store.clone()).await?;
                     let tasks = ai_cmd::tasks(&cfg, store, Some(changes.clone()))?;
-                    (Some(changes), tasks)
+                    (Some(changes), Some(tasks))
                 }
                 None => (None, None),
             };
@@ -320,7 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None => None,
                 },
                 tasks: match lab.store() {
-                    Some(store) => ai_cmd::tasks(&cfg, store, Some(change_cmd::service(&cfg, store.clone()).await?))?,
+                    Some(store) => Some(ai_cmd::tasks(&cfg, store, Some(change_cmd::service(&cfg, store.clone()).await?))?),
                     None => None,
                 },
             };
