@@ -1,11 +1,15 @@
-//! labops AIOps (issue #6, first part): alert intake.
+//! labops AIOps (issue #6): alert intake and the incident desk.
 //!
 //! - [`intake`]: the webhook bodies labops accepts (Alertmanager's webhook v4, Grafana unified
 //!   alerting's webhook, Alertmanager's own push API `POST /api/v2/alerts` as Prometheus sends
 //!   it, Uptime Kuma's webhook, and a documented generic JSON form), parsed into one normalised
 //!   [`intake::Alert`] with Alertmanager's fingerprint, or refused with the path of what is wrong.
+//! - [`desk`]: dedup by fingerprint into incidents, topology-aware correlation over the
+//!   inventory's links (symptoms fold into their failed node's incident), root causes ranked
+//!   with evidence, silences and maintenance windows, flapping.
 //!
-//! Pure: no I/O, no clock. Storage, dedup into incidents, correlation and the HTTP routes build
-//! on it.
+//! Pure: no I/O, no clock. Storage, notification and the HTTP routes are the engine's and the
+//! server's.
 
+pub mod desk;
 pub mod intake;

@@ -11,9 +11,12 @@
 //!   the gate that refuses a mutating run whose change is not approved for its exact plan.
 //! - [`changes`]: the change workflow (issue, approval, execution, validation, docs, commit,
 //!   close), the forge trait and the local forge, the GitOps documentation.
+//! - [`alerting`]: the task that owns the incident desk: group-committed intake (stored before
+//!   it is acknowledged), first notices and escalation, acknowledgements and silences.
 //! - [`tasks`]: the universal task processor's service: the workflow library the agent may
 //!   propose from, and drafts turned into change proposals.
 
+pub mod alerting;
 pub mod changes;
 pub mod lab;
 pub mod runs;

@@ -45,6 +45,8 @@ pub struct HttpOptions {
     pub changes: Option<Changes>,
     /// The task service, for `process_task` (absent: no model is configured).
     pub tasks: Option<labops_engine::tasks::Tasks>,
+    /// The alerting service and how alert senders authenticate (absent: no state database).
+    pub alerting: Option<(labops_engine::alerting::Alerting, crate::alerts::IntakeAuth)>,
 }
 
 /// Loopback names always accepted in the Host header.
@@ -117,7 +119,8 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         }
         None => return json_error(StatusCode::FORBIDDEN, "a Host header is required"),
     }
-    if req.uri().path() == "/healthz" {
+    if req.uri().path() == "/healthz" || (req.method() == axum::http::Method::POST && crate::alerts::is_intake_path(req.uri().path())) {
+        // Alert senders authenticate in the intake handler, which sees the body an HMAC covers.
         return next.run(req).await;
     }
     let presented = req
@@ -179,8 +182,14 @@ pub fn router(lab: Lab, opts: &HttpOptions) -> Router {
     let mcp_lab = lab.clone();
     let mcp_changes = opts.changes.clone();
     let mcp_tasks = opts.tasks.clone();
+    let mcp_incidents = opts.alerting.as_ref().map(|(a, _)| labops_engine::alerting::Incidents::Live(a.clone()));
     let mcp = StreamableHttpService::new(
-        move || Ok(LabMcp::new(mcp_lab.clone(), "mcp:http").with_changes(mcp_changes.clone()).with_tasks(mcp_tasks.clone())),
+        move || {
+            Ok(LabMcp::new(mcp_lab.clone(), "mcp:http")
+                .with_changes(mcp_changes.clone())
+                .with_tasks(mcp_tasks.clone())
+                .with_incidents(mcp_incidents.clone()))
+        },
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
             .with_allowed_hosts(hosts.clone())
@@ -231,6 +240,14 @@ pub fn router(lab: Lab, opts: &HttpOptions) -> Router {
         Some(c) => api.merge(changes_api(c.clone())),
         None => api,
     };
+    let api = match &opts.alerting {
+        Some((a, _)) => api.merge(crate::alerts::incidents_router(a.clone(), lab.clone())),
+        None => api,
+    };
+    let intake = match &opts.alerting {
+        Some((a, auth)) => crate::alerts::intake_router(a.clone(), auth.clone()),
+        None => Router::new(),
+    };
     let guard_state = Guard {
         token: Arc::from(opts.token.as_str()),
         approvers: Arc::new(opts.approvers.clone()),
@@ -238,6 +255,7 @@ pub fn router(lab: Lab, opts: &HttpOptions) -> Router {
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(intake)
         .nest("/api/v1", api)
         .nest_service("/mcp", mcp)
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/summary or /mcp") })

@@ -6,12 +6,16 @@
 //!   known (and age-marked) data while the sources are fetched again;
 //! - the audit log: every action taken through any interface;
 //! - workflow runs ([`runs`]): runs, steps, progress events, driver leases and entity locks;
-//! - change records and the embedded forge's issues ([`changes`]).
+//! - change records and the embedded forge's issues ([`changes`]);
+//! - alerting ([`alerting`]): alerts by fingerprint, incidents and their timelines, silences,
+//!   notifications;
+//! - the AI call log ([`ai`]).
 //!
 //! Migrations live in `migrations/` and run on [`Store::open`]. Queries use `sqlx::query` with
 //! bound parameters (no compile-time database needed).
 
 pub mod ai;
+pub mod alerting;
 pub mod changes;
 pub mod runs;
 
@@ -260,7 +264,7 @@ mod tests {
         let path = dir.path().join("state/labops.db");
         {
             let store = Store::open(&path).await.unwrap();
-            assert_eq!(store.schema_version().await.unwrap(), 5);
+            assert_eq!(store.schema_version().await.unwrap(), 6);
             let mut part = Part::default();
             part.entities.push(Entity::new(EntityKind::Vm, "vm/108", "k3s-vm-still-fawn", "running", "proxmox"));
             store.save_snapshot("proxmox", "https://127.0.0.1:8006", 42, &part).await.unwrap();
@@ -300,7 +304,7 @@ mod tests {
             for o in opens {
                 o.await.unwrap().unwrap();
             }
-            assert_eq!(Store::open(&path).await.unwrap().schema_version().await.unwrap(), 5);
+            assert_eq!(Store::open(&path).await.unwrap().schema_version().await.unwrap(), 6);
         }
     }
 

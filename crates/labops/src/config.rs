@@ -62,6 +62,143 @@ pub struct Config {
     /// `[ai]`: the models labops may use and the privacy policy.
     #[serde(default)]
     pub ai: AiConfig,
+    /// `[alerts]`: alert intake, grouping and escalation.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`: how senders authenticate, how alerts group, where notices go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// A bearer token only for alert senders (besides the server token). Prefer `token_file`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding it.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Shared secret for Grafana's HMAC signature. Prefer `hmac_secret_file`.
+    #[serde(default)]
+    pub hmac_secret: Option<String>,
+    /// File holding it.
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// Header carrying the signature (Grafana's default).
+    #[serde(default = "default_hmac_header")]
+    pub hmac_header: String,
+    /// Header carrying the signed timestamp, when the contact point sets one.
+    #[serde(default)]
+    pub hmac_timestamp_header: Option<String>,
+    /// Seconds an incident waits before its first notice, so a storm's symptoms fold in first.
+    #[serde(default = "default_group_wait")]
+    pub group_wait_seconds: u64,
+    /// Alerts naming nothing in the inventory join an open incident of the same name this recent.
+    #[serde(default = "default_group_window")]
+    pub group_window_minutes: u64,
+    /// A generic webhook that gets escalated incidents as JSON.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Home Assistant notifications.
+    #[serde(default)]
+    pub home_assistant: Option<HomeAssistantConfig>,
+    /// Per severity (`critical`, `warning`, `default`): channels in order, each `channel@minutes`
+    /// unacknowledged before it (`["dashboard@0", "home_assistant@5", "webhook@15"]`).
+    #[serde(default)]
+    pub escalation: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            token_file: None,
+            hmac_secret: None,
+            hmac_secret_file: None,
+            hmac_header: default_hmac_header(),
+            hmac_timestamp_header: None,
+            group_wait_seconds: default_group_wait(),
+            group_window_minutes: default_group_window(),
+            webhook_url: None,
+            home_assistant: None,
+            escalation: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[alerts.home_assistant]`: Home Assistant's REST API and a notify service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// Base URL (`http://homeassistant.local:8123`).
+    pub url: String,
+    /// A long-lived access token. Prefer `token_file`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding it.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The notify service (`notify.mobile_app_phone`).
+    pub service: String,
+}
+
+fn default_hmac_header() -> String {
+    "X-Grafana-Alerting-Signature".into()
+}
+fn default_group_wait() -> u64 {
+    30
+}
+fn default_group_window() -> u64 {
+    5
+}
+
+/// Parses one escalation step, `channel@minutes`.
+pub fn escalation_step(s: &str) -> Result<labops_engine::alerting::Step, String> {
+    let (channel, minutes) = s.split_once('@').unwrap_or((s, "0"));
+    let channel = channel.trim();
+    if !matches!(channel, "dashboard" | "home_assistant" | "webhook") {
+        return Err(format!("{s:?}: {channel:?} is not a channel; use dashboard, home_assistant or webhook"));
+    }
+    let after_minutes = minutes.trim().parse::<u32>().map_err(|_| format!("{s:?}: {minutes:?} is not a number of minutes"))?;
+    Ok(labops_engine::alerting::Step { channel: channel.into(), after_minutes })
+}
+
+impl AlertsConfig {
+    /// The desk's tunables.
+    pub fn settings(&self) -> labops_aiops::desk::Settings {
+        labops_aiops::desk::Settings {
+            group_wait_ms: self.group_wait_seconds as i64 * 1000,
+            group_window_ms: self.group_window_minutes as i64 * 60_000,
+            ..Default::default()
+        }
+    }
+
+    /// Where notices go, secrets read.
+    pub fn notify(&self) -> Result<labops_engine::alerting::Notify, String> {
+        let home_assistant = match &self.home_assistant {
+            Some(h) => Some((h.url.clone(), read_secret(&h.token, &h.token_file, "Home Assistant token")?.expose().to_string(), h.service.clone())),
+            None => None,
+        };
+        let mut escalation = BTreeMap::new();
+        for (sev, steps) in &self.escalation {
+            escalation.insert(sev.clone(), steps.iter().map(|s| escalation_step(s)).collect::<Result<Vec<_>, _>>()?);
+        }
+        Ok(labops_engine::alerting::Notify { home_assistant, webhook: self.webhook_url.clone(), escalation })
+    }
+
+    /// How senders authenticate: the server token, `[alerts] token`, the HMAC secret.
+    pub fn intake_auth(&self, server_token: &str) -> Result<labops_server::alerts::IntakeAuth, String> {
+        let mut tokens = vec![server_token.to_string()];
+        if self.token.is_some() || self.token_file.is_some() {
+            tokens.push(read_secret(&self.token, &self.token_file, "alerts token")?.expose().to_string());
+        }
+        let hmac = if self.hmac_secret.is_some() || self.hmac_secret_file.is_some() {
+            let secret = read_secret(&self.hmac_secret, &self.hmac_secret_file, "alerts HMAC secret")?.expose().to_string();
+            Some((secret, self.hmac_header.clone(), self.hmac_timestamp_header.clone()))
+        } else {
+            None
+        };
+        Ok(labops_server::alerts::IntakeAuth { tokens, hmac })
+    }
 }
 
 /// `[gitops]`
@@ -567,6 +704,22 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("gitops", &["path", "remote", "branch", "author_name", "author_email"]),
     ("ai", &["sensitive_values", "local", "cloud", "budget", "library", "max_steps", "task_timeout_seconds", "task_max_usd"]),
     ("forge", &["kind", "repo", "token_file", "api_url"]),
+    (
+        "alerts",
+        &[
+            "token",
+            "token_file",
+            "hmac_secret",
+            "hmac_secret_file",
+            "hmac_header",
+            "hmac_timestamp_header",
+            "group_wait_seconds",
+            "group_window_minutes",
+            "webhook_url",
+            "home_assistant",
+            "escalation",
+        ],
+    ),
 ];
 const HOST_FIELDS: &[&str] = &["name", "address", "role", "labels"];
 
@@ -679,6 +832,16 @@ pub fn load(explicit: Option<&Path>) -> Loaded {
     check_field::<String>(&f, "forge.repo", &mut errors);
     check_field::<PathBuf>(&f, "forge.token_file", &mut errors);
     check_field::<String>(&f, "forge.api_url", &mut errors);
+    for k in ["token", "hmac_secret", "hmac_header", "hmac_timestamp_header", "webhook_url"] {
+        check_field::<String>(&f, &format!("alerts.{k}"), &mut errors);
+    }
+    for k in ["token_file", "hmac_secret_file"] {
+        check_field::<PathBuf>(&f, &format!("alerts.{k}"), &mut errors);
+    }
+    check_field::<u64>(&f, "alerts.group_wait_seconds", &mut errors);
+    check_field::<u64>(&f, "alerts.group_window_minutes", &mut errors);
+    check_field::<HomeAssistantConfig>(&f, "alerts.home_assistant", &mut errors);
+    check_field::<BTreeMap<String, Vec<String>>>(&f, "alerts.escalation", &mut errors);
     if let Ok(hosts) = f.extract_inner::<Vec<figment::value::Value>>("hosts") {
         for (i, h) in hosts.iter().enumerate() {
             let Some(dict) = h.as_dict() else {
@@ -906,6 +1069,48 @@ fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Pro
             err(&format!("hosts[{i}].name"), "empty".into());
         } else if !seen.insert(h.name.to_lowercase()) {
             err(&format!("hosts[{i}].name"), format!("{:?} is declared twice; host names must be unique", h.name));
+        }
+    }
+    let a = &c.alerts;
+    if a.token.is_some() && a.token_file.is_some() {
+        err("alerts", "token and token_file are both set; keep one".into());
+    }
+    if a.hmac_secret.is_some() && a.hmac_secret_file.is_some() {
+        err("alerts", "hmac_secret and hmac_secret_file are both set; keep one".into());
+    }
+    for (path, f) in [("alerts.token_file", &a.token_file), ("alerts.hmac_secret_file", &a.hmac_secret_file)] {
+        if let Some(f) = f
+            && !f.exists() {
+                err(path, format!("{} does not exist", f.display()));
+            }
+    }
+    if a.token.as_deref().is_some_and(|t| t.trim().len() < 16) {
+        err("alerts.token", "shorter than 16 characters; use a long random token (openssl rand -hex 32)".into());
+    }
+    if a.group_wait_seconds > 3600 {
+        err("alerts.group_wait_seconds", format!("{} is out of range; use 0..=3600", a.group_wait_seconds));
+    }
+    if !(1..=1440).contains(&a.group_window_minutes) {
+        err("alerts.group_window_minutes", format!("{} is out of range; use 1..=1440", a.group_window_minutes));
+    }
+    if let Some(u) = &a.webhook_url
+        && !(u.starts_with("http://") || u.starts_with("https://")) {
+            err("alerts.webhook_url", format!("{u:?} is not an http(s) URL"));
+        }
+    if let Some(h) = &a.home_assistant {
+        if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+            err("alerts.home_assistant.url", format!("{:?} is not an http(s) URL", h.url));
+        }
+        secret_source(&mut err, "alerts.home_assistant.token", &h.token, &h.token_file);
+        if h.service.trim().is_empty() {
+            err("alerts.home_assistant.service", "empty; name the notify service (notify.mobile_app_phone)".into());
+        }
+    }
+    for (sev, steps) in &a.escalation {
+        for (i, st) in steps.iter().enumerate() {
+            if let Err(e) = escalation_step(st) {
+                err(&format!("alerts.escalation.{sev}[{i}]"), e);
+            }
         }
     }
     if c.proxmox.is_none() && c.kubernetes.is_none() && c.hosts.is_empty() {

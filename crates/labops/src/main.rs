@@ -5,6 +5,7 @@ mod ai_cmd;
 mod ask_cmd;
 mod change_cmd;
 mod config;
+mod incidents_cmd;
 mod render;
 mod runs_cmd;
 mod workflow_cmd;
@@ -88,6 +89,19 @@ enum Command {
         /// What to measure.
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// Incidents: alerts from Alertmanager, Grafana, Uptime Kuma and Prometheus grouped by
+    /// cause, with suspected root causes. Subcommands: show, ack, resolve, silence, silences,
+    /// unsilence.
+    Incidents {
+        #[command(subcommand)]
+        command: Option<incidents_cmd::IncidentsCommand>,
+        /// Include resolved and merged incidents.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// The audit log: every action taken through any interface, newest first.
     Audit {
@@ -264,6 +278,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Incidents { command, all, json } = &cli.command {
+        let store = open_store(&cfg, cli.data_dir.clone()).await?;
+        return match command {
+            None => incidents_cmd::list(&store, *all, *json).await,
+            Some(c @ incidents_cmd::IncidentsCommand::Silence { entity: Some(_), .. }) => {
+                let lab = start_lab_with(&cfg, store.clone()).await?;
+                lab.wait_until_reported(Duration::from_secs(20)).await;
+                let code = incidents_cmd::run(c, store, Some(&lab)).await;
+                lab.shutdown();
+                code
+            }
+            Some(c) => incidents_cmd::run(c, store, None).await,
+        };
+    }
     if let Command::Change { command } = &cli.command {
         let store = open_store(&cfg, cli.data_dir.clone()).await?;
         return change_cmd::run(command, &cfg, store).await;
@@ -285,7 +313,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let lab = start_lab(&cfg, cli.data_dir.clone()).await?;
 
     let code = match cli.command {
-        Command::Init { .. } | Command::Config { .. } | Command::Workflow { .. } | Command::Change { .. } | Command::Audit { .. } | Command::Ai { .. } => unreachable!("handled above"),
+        Command::Init { .. }
+        | Command::Config { .. }
+        | Command::Workflow { .. }
+        | Command::Change { .. }
+        | Command::Audit { .. }
+        | Command::Ai { .. }
+        | Command::Incidents { .. } => unreachable!("handled above"),
         Command::Ask { text, docs, hard, json } => {
             let store = lab.store().context("`labops ask` needs the state database")?.clone();
             ask_cmd::ask(&cfg, store, &lab, &text, &docs, hard, json).await?
@@ -321,6 +355,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 tasks: match lab.store() {
                     Some(store) => Some(ai_cmd::tasks(&cfg, store, Some(change_cmd::service(&cfg, store.clone()).await?))?),
+                    None => None,
+                },
+                alerting: match lab.store() {
+                    Some(store) => {
+                        let notify = cfg.alerts.notify().map_err(anyhow::Error::msg)?;
+                        let auth = cfg.alerts.intake_auth(token.expose()).map_err(anyhow::Error::msg)?;
+                        let a = labops_engine::alerting::Alerting::start(lab.clone(), store.clone(), cfg.alerts.settings(), notify).await?;
+                        Some((a, auth))
+                    }
                     None => None,
                 },
             };
@@ -549,6 +592,7 @@ fn one_shot(lab: &Lab, cmd: Command) -> anyhow::Result<ExitCode> {
         | Command::Change { .. }
         | Command::Audit { .. }
         | Command::Ai { .. }
+        | Command::Incidents { .. }
         | Command::Ask { .. }
         | Command::Bench { .. }
         | Command::Mcp

@@ -1,0 +1,416 @@
+//! Alerting state: alerts by fingerprint, incidents, their timelines, silences, notifications.
+//!
+//! [`Store::save_alerting`] writes what one intake changed (rows upserted many at a time, events
+//! appended) in one transaction: the intake answers its senders only after it commits. An
+//! incident's state only moves forward in the store (open, acknowledged, resolved/merged), so a
+//! server writing its view never undoes an acknowledgement a person just made from the CLI.
+
+use labops_aiops::desk::{AlertRecord, Cause, Event, Incident, IncidentState, Matcher, Silence};
+use labops_aiops::intake::Status;
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::{insert_audit, AuditEntry, Error, Result, Store};
+
+/// Rows per multi-row statement (SQLite allows 32,766 bound parameters).
+const CHUNK: usize = 500;
+
+/// One notification sent (or attempted).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notification {
+    /// The incident.
+    pub incident: i64,
+    /// When.
+    pub at_ms: i64,
+    /// Escalation level (1: first notice).
+    pub level: u32,
+    /// `dashboard`, `home_assistant`, `webhook`, `email`.
+    pub channel: String,
+    /// `sent`, `failed: ...`.
+    pub outcome: String,
+    /// What was sent.
+    pub detail: serde_json::Value,
+}
+
+/// Which incidents to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// Open and acknowledged.
+    Active,
+    /// Everything, newest first.
+    All,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|source| Error::Decode { what: what.to_string(), source })
+}
+
+fn encode<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("alerting types serialise")
+}
+
+fn incident_from(r: &sqlx::sqlite::SqliteRow) -> Result<Incident> {
+    let id: i64 = r.try_get("id")?;
+    let state: String = r.try_get("state")?;
+    let causes: String = r.try_get("causes_json")?;
+    let acked_ms: Option<i64> = r.try_get("acked_ms")?;
+    let resolved_ms: Option<i64> = r.try_get("resolved_ms")?;
+    Ok(Incident {
+        id,
+        key: r.try_get("key")?,
+        title: r.try_get("title")?,
+        severity: r.try_get("severity")?,
+        state: IncidentState::parse(&state).unwrap_or(IncidentState::Open),
+        root: r.try_get("root_entity")?,
+        opened_ms: r.try_get("opened_ms")?,
+        updated_ms: r.try_get("updated_ms")?,
+        acked: acked_ms.map(|t| (t, r.try_get::<Option<String>, _>("acked_by").ok().flatten().unwrap_or_default())),
+        resolved: resolved_ms.map(|t| (t, r.try_get::<Option<String>, _>("resolved_by").ok().flatten().unwrap_or_default())),
+        merged_into: r.try_get("merged_into")?,
+        notified_ms: r.try_get("notified_ms")?,
+        escalation: r.try_get::<i64, _>("escalation")? as u32,
+        alerts: Default::default(),
+        repeats: r.try_get::<i64, _>("repeats")? as u64,
+        causes: decode::<Vec<Cause>>(&format!("causes of incident #{id}"), &causes)?,
+    })
+}
+
+const INCIDENT_COLUMNS: &str = "id, key, title, severity, state, root_entity, opened_ms, updated_ms, acked_ms, acked_by, resolved_ms, resolved_by, merged_into, notified_ms, escalation, repeats, causes_json";
+
+/// The rank of a state in SQL, so the upsert keeps the furthest state.
+const RANK: &str = "CASE {} WHEN 'open' THEN 0 WHEN 'acknowledged' THEN 1 ELSE 2 END";
+
+fn rank_of(expr: &str) -> String {
+    RANK.replace("{}", expr)
+}
+
+impl Store {
+    /// Writes what an intake (or a notice, an acknowledgement) changed, in one transaction.
+    pub async fn save_alerting(&self, alerts: &[&AlertRecord], incidents: &[&Incident], events: &[Event]) -> Result<()> {
+        let (_w, mut tx) = self.write_tx().await?;
+        for chunk in incidents.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO incidents ({INCIDENT_COLUMNS}) "));
+            q.push_values(chunk, |mut b, i| {
+                b.push_bind(i.id)
+                    .push_bind(&i.key)
+                    .push_bind(&i.title)
+                    .push_bind(&i.severity)
+                    .push_bind(i.state.as_str())
+                    .push_bind(&i.root)
+                    .push_bind(i.opened_ms)
+                    .push_bind(i.updated_ms)
+                    .push_bind(i.acked.as_ref().map(|a| a.0))
+                    .push_bind(i.acked.as_ref().map(|a| a.1.clone()))
+                    .push_bind(i.resolved.as_ref().map(|a| a.0))
+                    .push_bind(i.resolved.as_ref().map(|a| a.1.clone()))
+                    .push_bind(i.merged_into)
+                    .push_bind(i.notified_ms)
+                    .push_bind(i.escalation as i64)
+                    .push_bind(i.repeats as i64)
+                    .push_bind(encode(&i.causes));
+            });
+            q.push(format!(
+                " ON CONFLICT (id) DO UPDATE SET title = excluded.title, severity = excluded.severity,
+                  state = CASE WHEN {new} >= {old} THEN excluded.state ELSE incidents.state END,
+                  root_entity = excluded.root_entity, updated_ms = excluded.updated_ms,
+                  acked_ms = COALESCE(incidents.acked_ms, excluded.acked_ms),
+                  acked_by = COALESCE(incidents.acked_by, excluded.acked_by),
+                  resolved_ms = COALESCE(incidents.resolved_ms, excluded.resolved_ms),
+                  resolved_by = COALESCE(incidents.resolved_by, excluded.resolved_by),
+                  merged_into = COALESCE(incidents.merged_into, excluded.merged_into),
+                  notified_ms = COALESCE(incidents.notified_ms, excluded.notified_ms),
+                  escalation = MAX(incidents.escalation, excluded.escalation),
+                  repeats = excluded.repeats, causes_json = excluded.causes_json",
+                new = rank_of("excluded.state"),
+                old = rank_of("incidents.state"),
+            ));
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in alerts.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO alerts (fingerprint, incident_id, source, status, name, severity, entity_id, first_seen_ms, last_seen_ms, received, suppressed, record_json) ",
+            );
+            q.push_values(chunk, |mut b, a| {
+                b.push_bind(&a.alert.fingerprint)
+                    .push_bind(a.incident)
+                    .push_bind(labops_aiops::desk::source_name(a.alert.source))
+                    .push_bind(if a.alert.status == Status::Firing { "firing" } else { "resolved" })
+                    .push_bind(a.alert.name().to_string())
+                    .push_bind(a.alert.severity())
+                    .push_bind(&a.entity)
+                    .push_bind(a.first_seen_ms)
+                    .push_bind(a.last_seen_ms)
+                    .push_bind(a.received as i64)
+                    .push_bind(&a.suppressed)
+                    .push_bind(encode(a));
+            });
+            q.push(
+                " ON CONFLICT (fingerprint) DO UPDATE SET incident_id = excluded.incident_id, source = excluded.source,
+                  status = excluded.status, name = excluded.name, severity = excluded.severity, entity_id = excluded.entity_id,
+                  last_seen_ms = excluded.last_seen_ms, received = excluded.received, suppressed = excluded.suppressed,
+                  record_json = excluded.record_json",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in events.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO incident_events (incident_id, at_ms, kind, detail_json) ");
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.incident).push_bind(e.at_ms).push_bind(&e.kind).push_bind(e.detail.to_string());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What a desk needs at start: incidents still active or updated since `since_ms`, alerts
+    /// seen since then or belonging to an active incident (with each incident's alert set), and
+    /// the silences not yet over.
+    pub async fn load_alerting(&self, since_ms: i64, now_ms: i64) -> Result<(Vec<AlertRecord>, Vec<Incident>, Vec<Silence>)> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE state IN ('open', 'acknowledged') OR updated_ms >= ? ORDER BY id"
+        )))
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut incidents: Vec<Incident> = rows.iter().map(incident_from).collect::<Result<_>>()?;
+        let rows = sqlx::query(
+            "SELECT a.record_json FROM alerts a LEFT JOIN incidents i ON i.id = a.incident_id
+             WHERE a.last_seen_ms >= ? OR i.state IN ('open', 'acknowledged')",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut alerts = Vec::with_capacity(rows.len());
+        for r in rows {
+            let json: String = r.try_get(0)?;
+            alerts.push(decode::<AlertRecord>("a stored alert", &json)?);
+        }
+        let by_id: std::collections::HashMap<i64, usize> = incidents.iter().enumerate().map(|(n, i)| (i.id, n)).collect();
+        for a in &alerts {
+            if let Some(&n) = a.incident.and_then(|id| by_id.get(&id)) {
+                incidents[n].alerts.insert(a.alert.fingerprint.clone());
+            }
+        }
+        let silences = self.silences(now_ms).await?;
+        Ok((alerts, incidents, silences))
+    }
+
+    /// Incidents, newest first.
+    pub async fn incidents(&self, which: Which, limit: u32) -> Result<Vec<(Incident, i64)>> {
+        let filter = match which {
+            Which::Active => "WHERE state IN ('open', 'acknowledged')",
+            Which::All => "",
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INCIDENT_COLUMNS}, (SELECT COUNT(*) FROM alerts a WHERE a.incident_id = incidents.id) AS n
+             FROM incidents {filter} ORDER BY id DESC LIMIT ?"
+        )))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((incident_from(r)?, r.try_get::<i64, _>("n")?))).collect()
+    }
+
+    /// One incident, with its alerts and its timeline.
+    pub async fn incident(&self, id: i64) -> Result<Option<(Incident, Vec<AlertRecord>, Vec<Event>)>> {
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?"))).bind(id).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let mut inc = incident_from(&row)?;
+        let rows = sqlx::query("SELECT record_json FROM alerts WHERE incident_id = ? ORDER BY first_seen_ms, fingerprint").bind(id).fetch_all(&self.pool).await?;
+        let mut alerts = Vec::new();
+        for r in rows {
+            let a: AlertRecord = decode("a stored alert", &r.try_get::<String, _>(0)?)?;
+            inc.alerts.insert(a.alert.fingerprint.clone());
+            alerts.push(a);
+        }
+        let rows = sqlx::query("SELECT at_ms, kind, detail_json FROM incident_events WHERE incident_id = ? ORDER BY id").bind(id).fetch_all(&self.pool).await?;
+        let mut events = Vec::new();
+        for r in rows {
+            events.push(Event {
+                incident: id,
+                at_ms: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                detail: decode("an incident event", &r.try_get::<String, _>(2)?)?,
+            });
+        }
+        Ok(Some((inc, alerts, events)))
+    }
+
+    /// A person acknowledges or resolves an incident (from a process that holds no desk): moves
+    /// the state forward only, with a timeline event and an audit record, in one transaction.
+    /// Returns the state the incident was in, or `None` when there is no such incident.
+    pub async fn set_incident_state(&self, id: i64, to: IncidentState, by: &str, now_ms: i64, actor: &str) -> Result<Option<IncidentState>> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let Some(row) = sqlx::query("SELECT state FROM incidents WHERE id = ?").bind(id).fetch_optional(&mut *tx).await? else {
+            return Ok(None);
+        };
+        let was = IncidentState::parse(&row.try_get::<String, _>(0)?).unwrap_or(IncidentState::Open);
+        if !was.is_active() || to <= was {
+            return Ok(Some(was));
+        }
+        let (col_ms, col_by) = match to {
+            IncidentState::Acknowledged => ("acked_ms", "acked_by"),
+            _ => ("resolved_ms", "resolved_by"),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE incidents SET state = ?, {col_ms} = ?, {col_by} = ?, updated_ms = ? WHERE id = ?")))
+            .bind(to.as_str())
+            .bind(now_ms)
+            .bind(by)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let kind = if to == IncidentState::Acknowledged { "acknowledged" } else { "resolved" };
+        sqlx::query("INSERT INTO incident_events (incident_id, at_ms, kind, detail_json) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(now_ms)
+            .bind(kind)
+            .bind(serde_json::json!({"by": by}).to_string())
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(&mut tx, &AuditEntry {
+            at_ms: now_ms,
+            actor: actor.to_string(),
+            action: format!("incident_{kind}"),
+            target: Some(format!("incident/{id}")),
+            outcome: "ok".into(),
+            detail: serde_json::json!({"by": by, "was": was.as_str()}),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(Some(was))
+    }
+
+    /// Incidents people acknowledged or resolved since `since_ms` (for a running desk to pick up
+    /// what the CLI did): (id, state, by, when).
+    pub async fn incident_decisions_since(&self, since_ms: i64) -> Result<Vec<(i64, IncidentState, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, state, COALESCE(resolved_by, acked_by, ''), COALESCE(resolved_ms, acked_ms, updated_ms) FROM incidents
+             WHERE state IN ('acknowledged', 'resolved') AND updated_ms >= ?",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let s: String = r.try_get(1)?;
+                Ok((r.try_get(0)?, IncidentState::parse(&s).unwrap_or(IncidentState::Open), r.try_get(2)?, r.try_get(3)?))
+            })
+            .collect()
+    }
+
+    /// Records a silence or maintenance window (with its audit record); returns its number.
+    pub async fn add_silence(&self, s: &Silence, now_ms: i64, actor: &str) -> Result<i64> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO silences (matchers_json, entity_id, starts_ms, ends_ms, created_by, comment, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(encode(&s.matchers))
+        .bind(&s.entity)
+        .bind(s.starts_ms)
+        .bind(s.ends_ms)
+        .bind(&s.created_by)
+        .bind(&s.comment)
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        insert_audit(&mut tx, &AuditEntry {
+            at_ms: now_ms,
+            actor: actor.to_string(),
+            action: "silence".into(),
+            target: s.entity.clone(),
+            outcome: "ok".into(),
+            detail: serde_json::json!({"id": id, "matchers": s.matchers.iter().map(ToString::to_string).collect::<Vec<_>>(), "until_ms": s.ends_ms, "by": s.created_by, "comment": s.comment}),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Ends a silence now. False when there is no such silence or it is already over.
+    pub async fn expire_silence(&self, id: i64, now_ms: i64, actor: &str) -> Result<bool> {
+        let (_w, mut tx) = self.write_tx().await?;
+        let n = sqlx::query("UPDATE silences SET ends_ms = ? WHERE id = ? AND ends_ms > ?").bind(now_ms).bind(id).bind(now_ms).execute(&mut *tx).await?.rows_affected();
+        if n > 0 {
+            insert_audit(&mut tx, &AuditEntry { at_ms: now_ms, actor: actor.into(), action: "unsilence".into(), target: None, outcome: "ok".into(), detail: serde_json::json!({"id": id}) }).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Silences not over at `now_ms` (in force or to come).
+    pub async fn silences(&self, now_ms: i64) -> Result<Vec<Silence>> {
+        let rows = sqlx::query("SELECT id, matchers_json, entity_id, starts_ms, ends_ms, created_by, comment FROM silences WHERE ends_ms > ? ORDER BY id")
+            .bind(now_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get(0)?;
+                let matchers: Vec<Matcher> = decode(&format!("matchers of silence #{id}"), &r.try_get::<String, _>(1)?)?;
+                let matchers = matchers
+                    .into_iter()
+                    .map(|m| m.compiled().map_err(|e| Error::Decode { what: format!("silence #{id}"), source: serde::de::Error::custom(e) }))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Silence {
+                    id,
+                    matchers,
+                    entity: r.try_get(2)?,
+                    starts_ms: r.try_get(3)?,
+                    ends_ms: r.try_get(4)?,
+                    created_by: r.try_get(5)?,
+                    comment: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a notification sent or attempted.
+    pub async fn record_notification(&self, n: &Notification) -> Result<()> {
+        let (_w, mut tx) = self.write_tx().await?;
+        sqlx::query("INSERT INTO notifications (incident_id, at_ms, level, channel, outcome, detail_json) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(n.incident)
+            .bind(n.at_ms)
+            .bind(n.level as i64)
+            .bind(&n.channel)
+            .bind(&n.outcome)
+            .bind(n.detail.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Notifications, newest first; of one incident when given.
+    pub async fn notifications(&self, incident: Option<i64>, limit: u32) -> Result<Vec<Notification>> {
+        let rows = sqlx::query(
+            "SELECT incident_id, at_ms, level, channel, outcome, detail_json FROM notifications WHERE (? IS NULL OR incident_id = ?) ORDER BY id DESC LIMIT ?",
+        )
+        .bind(incident)
+        .bind(incident)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Notification {
+                    incident: r.try_get(0)?,
+                    at_ms: r.try_get(1)?,
+                    level: r.try_get::<i64, _>(2)? as u32,
+                    channel: r.try_get(3)?,
+                    outcome: r.try_get(4)?,
+                    detail: decode("a notification", &r.try_get::<String, _>(5)?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Alerts received, summed: (distinct fingerprints, total received).
+    pub async fn alert_totals(&self) -> Result<(i64, i64)> {
+        let r = sqlx::query("SELECT COUNT(*), COALESCE(SUM(received), 0) FROM alerts").fetch_one(&self.pool).await?;
+        Ok((r.try_get(0)?, r.try_get(1)?))
+    }
+}
