@@ -181,12 +181,20 @@ pub struct Event {
 }
 
 /// What an intake changed: the rows to write, and the timeline events.
+///
+/// A plain repeat (same alert, same status) only moves its alert's `last_seen_ms`/`received`
+/// and its incident's `repeats`/`updated_ms`: those rows are in `touched_*` and the store
+/// updates just those columns.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delta {
     /// Fingerprints of alerts whose rows changed.
     pub alerts: BTreeSet<String>,
     /// Incidents whose rows changed.
     pub incidents: BTreeSet<i64>,
+    /// Alerts that were only repeated.
+    pub touched_alerts: BTreeSet<String>,
+    /// Incidents whose alerts were only repeated.
+    pub touched_incidents: BTreeSet<i64>,
     /// New timeline events.
     pub events: Vec<Event>,
 }
@@ -194,15 +202,37 @@ pub struct Delta {
 impl Delta {
     /// Nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.alerts.is_empty() && self.incidents.is_empty() && self.events.is_empty()
+        self.alerts.is_empty() && self.incidents.is_empty() && self.touched_alerts.is_empty() && self.touched_incidents.is_empty() && self.events.is_empty()
     }
 
     /// Adds another delta's changes.
     pub fn extend(&mut self, other: Delta) {
         self.alerts.extend(other.alerts);
         self.incidents.extend(other.incidents);
+        self.touched_alerts.extend(other.touched_alerts);
+        self.touched_incidents.extend(other.touched_incidents);
         self.events.extend(other.events);
     }
+
+    /// Repeats whose rows are not written in full anyway.
+    pub fn only_touched(&self) -> (Vec<&String>, Vec<i64>) {
+        (
+            self.touched_alerts.iter().filter(|f| !self.alerts.contains(*f)).collect(),
+            self.touched_incidents.iter().filter(|i| !self.incidents.contains(i)).copied().collect(),
+        )
+    }
+}
+
+/// The same alert again: what it says is unchanged (for a firing alert, `endsAt` is only the
+/// sender's "valid until" and moves with every resend).
+fn same_content(a: &Alert, b: &Alert) -> bool {
+    a.status == b.status
+        && a.labels == b.labels
+        && a.annotations == b.annotations
+        && a.starts_at_ms == b.starts_at_ms
+        && a.url == b.url
+        && a.source == b.source
+        && (a.status == Status::Firing || a.ends_at_ms == b.ends_at_ms)
 }
 
 /// How a silence matches a label.
@@ -537,7 +567,6 @@ impl Desk {
 
     fn ingest_one(&mut self, a: Alert, inv: &Inventory, now: i64, delta: &mut Delta) {
         let fp = a.fingerprint.clone();
-        delta.alerts.insert(fp.clone());
         let window = self.settings.flap_window_ms;
         let flap_changes = self.settings.flap_changes;
         // Known alert: a repeat, or a change of status.
@@ -546,6 +575,8 @@ impl Desk {
             rec.received += 1;
             rec.last_seen_ms = now;
             let changed = was != a.status;
+            let same = same_content(&rec.alert, &a);
+            let suppressed_before = rec.suppressed.is_some();
             if changed {
                 rec.changes_ms.push(now);
             }
@@ -562,12 +593,17 @@ impl Desk {
                 rec.suppressed = None;
             }
             let status = rec.alert.status;
+            if same && rec.suppressed.is_some() == suppressed_before {
+                delta.touched_alerts.insert(fp.clone());
+            } else {
+                delta.alerts.insert(fp.clone());
+            }
             if let Some(id) = incident {
                 let inc = self.incidents.get_mut(&id).expect("active incident exists");
                 inc.updated_ms = now;
                 if !changed {
                     inc.repeats += 1;
-                    delta.incidents.insert(id);
+                    delta.touched_incidents.insert(id);
                     return;
                 }
                 delta.incidents.insert(id);
@@ -583,6 +619,7 @@ impl Desk {
             }
             // Firing again after its incident closed (or while it was silenced): place it anew.
         } else {
+            delta.alerts.insert(fp.clone());
             if a.status == Status::Resolved {
                 // A resolved alert never seen firing: kept, but it opens nothing.
                 self.alerts.insert(fp.clone(), AlertRecord {
@@ -622,6 +659,9 @@ impl Desk {
                 None => format!("silenced by #{}", s.id),
             };
             let rec = self.alerts.get_mut(fp).expect("placed alerts exist");
+            if rec.suppressed.as_deref() != Some(why.as_str()) || rec.incident.is_some() {
+                delta.alerts.insert(fp.to_string());
+            }
             rec.suppressed = Some(why);
             rec.incident = None;
             return;

@@ -246,7 +246,12 @@ impl Task {
         }
         let alerts: Vec<_> = delta.alerts.iter().filter_map(|fp| self.desk.alert(fp)).collect();
         let incidents: Vec<&Incident> = delta.incidents.iter().filter_map(|id| self.desk.incident(*id)).collect();
-        self.store.save_alerting(&alerts, &incidents, &delta.events).await.map_err(|e| e.to_string())
+        let (touched_alerts, touched_incidents) = delta.only_touched();
+        let seen: Vec<(&str, i64, u64)> =
+            touched_alerts.iter().filter_map(|fp| self.desk.alert(fp)).map(|r| (r.alert.fingerprint.as_str(), r.last_seen_ms, r.received)).collect();
+        let repeated: Vec<(i64, i64, u64)> =
+            touched_incidents.iter().filter_map(|id| self.desk.incident(*id)).map(|i| (i.id, i.updated_ms, i.repeats)).collect();
+        self.store.save_alerting(&alerts, &incidents, &seen, &repeated, &delta.events).await.map_err(|e| e.to_string())
     }
 
     async fn reload(&mut self) {

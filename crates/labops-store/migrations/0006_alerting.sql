@@ -16,11 +16,20 @@ CREATE TABLE incidents (
     merged_into   INTEGER,
     notified_ms   INTEGER,
     escalation    INTEGER NOT NULL DEFAULT 0,
-    repeats       INTEGER NOT NULL DEFAULT 0,
     causes_json   TEXT NOT NULL DEFAULT '[]'
 );
-CREATE INDEX incidents_state ON incidents (state, updated_ms);
+CREATE INDEX incidents_state ON incidents (state);
 
+-- Repeats of an incident's alerts, counted in tiny rows of their own (see alert_seen).
+CREATE TABLE incident_seen (
+    id            INTEGER PRIMARY KEY,
+    seen_ms       INTEGER NOT NULL,
+    repeats       INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- What a repeat updates lives in tiny rows of its own (alert_seen: a storm of repeats rewrites
+-- few pages of the WAL); the alert's columns for queries in alerts; the alert itself (labels,
+-- annotations, what the desk worked out) in alert_records.
 CREATE TABLE alerts (
     fingerprint      TEXT PRIMARY KEY,
     incident_id      INTEGER,
@@ -30,13 +39,20 @@ CREATE TABLE alerts (
     severity         TEXT NOT NULL,
     entity_id        TEXT,
     first_seen_ms    INTEGER NOT NULL,
+    suppressed       TEXT
+) WITHOUT ROWID;
+
+CREATE TABLE alert_seen (
+    fingerprint      TEXT PRIMARY KEY,
     last_seen_ms     INTEGER NOT NULL,
-    received         INTEGER NOT NULL,
-    suppressed       TEXT,
-    record_json      TEXT NOT NULL
-);
+    received         INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX alerts_incident ON alerts (incident_id);
-CREATE INDEX alerts_seen ON alerts (last_seen_ms);
+
+CREATE TABLE alert_records (
+    fingerprint      TEXT PRIMARY KEY,
+    record_json      TEXT NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE incident_events (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -75,7 +75,20 @@ fn incident_from(r: &sqlx::sqlite::SqliteRow) -> Result<Incident> {
     })
 }
 
-const INCIDENT_COLUMNS: &str = "id, key, title, severity, state, root_entity, opened_ms, updated_ms, acked_ms, acked_by, resolved_ms, resolved_by, merged_into, notified_ms, escalation, repeats, causes_json";
+/// An alert row: its record, with the columns a repeat updates on their own.
+fn alert_from(r: &sqlx::sqlite::SqliteRow) -> Result<AlertRecord> {
+    let mut a: AlertRecord = decode("a stored alert", &r.try_get::<String, _>(0)?)?;
+    a.last_seen_ms = r.try_get(1)?;
+    a.received = r.try_get::<i64, _>(2)? as u64;
+    a.incident = r.try_get(3)?;
+    a.suppressed = r.try_get(4)?;
+    Ok(a)
+}
+
+const INCIDENT_COLUMNS: &str = "id, key, title, severity, state, root_entity, opened_ms, updated_ms, acked_ms, acked_by, resolved_ms, resolved_by, merged_into, notified_ms, escalation, causes_json";
+
+/// An incident row with its repeat count (`FROM incidents LEFT JOIN incident_seen s`).
+const INCIDENT_SELECT: &str = "incidents.id AS id, key, title, severity, state, root_entity, opened_ms, updated_ms, acked_ms, acked_by, resolved_ms, resolved_by, merged_into, notified_ms, escalation, causes_json, COALESCE(s.repeats, 0) AS repeats";
 
 /// The rank of a state in SQL, so the upsert keeps the furthest state.
 const RANK: &str = "CASE {} WHEN 'open' THEN 0 WHEN 'acknowledged' THEN 1 ELSE 2 END";
@@ -86,8 +99,40 @@ fn rank_of(expr: &str) -> String {
 
 impl Store {
     /// Writes what an intake (or a notice, an acknowledgement) changed, in one transaction.
-    pub async fn save_alerting(&self, alerts: &[&AlertRecord], incidents: &[&Incident], events: &[Event]) -> Result<()> {
+    ///
+    /// `seen` are alerts only repeated: (fingerprint, last seen, times received); `repeated` are
+    /// incidents whose alerts were only repeated: (id, updated, repeats). Only those columns are
+    /// written for them.
+    pub async fn save_alerting(
+        &self,
+        alerts: &[&AlertRecord],
+        incidents: &[&Incident],
+        seen: &[(&str, i64, u64)],
+        repeated: &[(i64, i64, u64)],
+        events: &[Event],
+    ) -> Result<()> {
         let (_w, mut tx) = self.write_tx().await?;
+        // Repeats: one fixed statement each (prepared once), the rows as one JSON array.
+        if !seen.is_empty() {
+            let rows: Vec<(&str, i64, u64)> = seen.to_vec();
+            sqlx::query(
+                "UPDATE alert_seen SET last_seen_ms = json_extract(j.value, '$[1]'), received = json_extract(j.value, '$[2]')
+                 FROM json_each(?) AS j WHERE alert_seen.fingerprint = json_extract(j.value, '$[0]')",
+            )
+            .bind(encode(&rows))
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !repeated.is_empty() {
+            let rows: Vec<(i64, i64, u64)> = repeated.to_vec();
+            sqlx::query(
+                "INSERT INTO incident_seen (id, seen_ms, repeats) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+                 FROM json_each(?) WHERE true ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, repeats = excluded.repeats",
+            )
+            .bind(encode(&rows))
+            .execute(&mut *tx)
+            .await?;
+        }
         for chunk in incidents.chunks(CHUNK) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO incidents ({INCIDENT_COLUMNS}) "));
             q.push_values(chunk, |mut b, i| {
@@ -106,7 +151,6 @@ impl Store {
                     .push_bind(i.merged_into)
                     .push_bind(i.notified_ms)
                     .push_bind(i.escalation as i64)
-                    .push_bind(i.repeats as i64)
                     .push_bind(encode(&i.causes));
             });
             q.push(format!(
@@ -120,15 +164,21 @@ impl Store {
                   merged_into = COALESCE(incidents.merged_into, excluded.merged_into),
                   notified_ms = COALESCE(incidents.notified_ms, excluded.notified_ms),
                   escalation = MAX(incidents.escalation, excluded.escalation),
-                  repeats = excluded.repeats, causes_json = excluded.causes_json",
+                  causes_json = excluded.causes_json",
                 new = rank_of("excluded.state"),
                 old = rank_of("incidents.state"),
             ));
             q.build().execute(&mut *tx).await?;
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO incident_seen (id, seen_ms, repeats) ");
+            q.push_values(chunk, |mut b, i| {
+                b.push_bind(i.id).push_bind(i.updated_ms).push_bind(i.repeats as i64);
+            });
+            q.push(" ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, repeats = excluded.repeats");
+            q.build().execute(&mut *tx).await?;
         }
         for chunk in alerts.chunks(CHUNK) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO alerts (fingerprint, incident_id, source, status, name, severity, entity_id, first_seen_ms, last_seen_ms, received, suppressed, record_json) ",
+                "INSERT INTO alerts (fingerprint, incident_id, source, status, name, severity, entity_id, first_seen_ms, suppressed) ",
             );
             q.push_values(chunk, |mut b, a| {
                 b.push_bind(&a.alert.fingerprint)
@@ -139,17 +189,25 @@ impl Store {
                     .push_bind(a.alert.severity())
                     .push_bind(&a.entity)
                     .push_bind(a.first_seen_ms)
-                    .push_bind(a.last_seen_ms)
-                    .push_bind(a.received as i64)
-                    .push_bind(&a.suppressed)
-                    .push_bind(encode(a));
+                    .push_bind(&a.suppressed);
             });
             q.push(
                 " ON CONFLICT (fingerprint) DO UPDATE SET incident_id = excluded.incident_id, source = excluded.source,
                   status = excluded.status, name = excluded.name, severity = excluded.severity, entity_id = excluded.entity_id,
-                  last_seen_ms = excluded.last_seen_ms, received = excluded.received, suppressed = excluded.suppressed,
-                  record_json = excluded.record_json",
+                  suppressed = excluded.suppressed",
             );
+            q.build().execute(&mut *tx).await?;
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO alert_seen (fingerprint, last_seen_ms, received) ");
+            q.push_values(chunk, |mut b, a| {
+                b.push_bind(&a.alert.fingerprint).push_bind(a.last_seen_ms).push_bind(a.received as i64);
+            });
+            q.push(" ON CONFLICT (fingerprint) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, received = excluded.received");
+            q.build().execute(&mut *tx).await?;
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO alert_records (fingerprint, record_json) ");
+            q.push_values(chunk, |mut b, a| {
+                b.push_bind(&a.alert.fingerprint).push_bind(encode(a));
+            });
+            q.push(" ON CONFLICT (fingerprint) DO UPDATE SET record_json = excluded.record_json");
             q.build().execute(&mut *tx).await?;
         }
         for chunk in events.chunks(CHUNK) {
@@ -168,23 +226,25 @@ impl Store {
     /// the silences not yet over.
     pub async fn load_alerting(&self, since_ms: i64, now_ms: i64) -> Result<(Vec<AlertRecord>, Vec<Incident>, Vec<Silence>)> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE state IN ('open', 'acknowledged') OR updated_ms >= ? ORDER BY id"
+            "SELECT {INCIDENT_SELECT} FROM incidents LEFT JOIN incident_seen s ON s.id = incidents.id
+             WHERE state IN ('open', 'acknowledged') OR updated_ms >= ? ORDER BY incidents.id"
         )))
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await?;
         let mut incidents: Vec<Incident> = rows.iter().map(incident_from).collect::<Result<_>>()?;
         let rows = sqlx::query(
-            "SELECT a.record_json FROM alerts a LEFT JOIN incidents i ON i.id = a.incident_id
-             WHERE a.last_seen_ms >= ? OR i.state IN ('open', 'acknowledged')",
+            "SELECT r.record_json, s.last_seen_ms, s.received, a.incident_id, a.suppressed FROM alerts a
+             JOIN alert_records r ON r.fingerprint = a.fingerprint JOIN alert_seen s ON s.fingerprint = a.fingerprint
+             LEFT JOIN incidents i ON i.id = a.incident_id
+             WHERE s.last_seen_ms >= ? OR i.state IN ('open', 'acknowledged')",
         )
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await?;
         let mut alerts = Vec::with_capacity(rows.len());
         for r in rows {
-            let json: String = r.try_get(0)?;
-            alerts.push(decode::<AlertRecord>("a stored alert", &json)?);
+            alerts.push(alert_from(&r)?);
         }
         let by_id: std::collections::HashMap<i64, usize> = incidents.iter().enumerate().map(|(n, i)| (i.id, n)).collect();
         for a in &alerts {
@@ -203,8 +263,8 @@ impl Store {
             Which::All => "",
         };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {INCIDENT_COLUMNS}, (SELECT COUNT(*) FROM alerts a WHERE a.incident_id = incidents.id) AS n
-             FROM incidents {filter} ORDER BY id DESC LIMIT ?"
+            "SELECT {INCIDENT_SELECT}, (SELECT COUNT(*) FROM alerts a WHERE a.incident_id = incidents.id) AS n
+             FROM incidents LEFT JOIN incident_seen s ON s.id = incidents.id {filter} ORDER BY incidents.id DESC LIMIT ?"
         )))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -214,14 +274,21 @@ impl Store {
 
     /// One incident, with its alerts and its timeline.
     pub async fn incident(&self, id: i64) -> Result<Option<(Incident, Vec<AlertRecord>, Vec<Event>)>> {
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?"))).bind(id).fetch_optional(&self.pool).await? else {
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {INCIDENT_SELECT} FROM incidents LEFT JOIN incident_seen s ON s.id = incidents.id WHERE incidents.id = ?"))).bind(id).fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
         let mut inc = incident_from(&row)?;
-        let rows = sqlx::query("SELECT record_json FROM alerts WHERE incident_id = ? ORDER BY first_seen_ms, fingerprint").bind(id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(
+            "SELECT r.record_json, s.last_seen_ms, s.received, a.incident_id, a.suppressed FROM alerts a
+             JOIN alert_records r ON r.fingerprint = a.fingerprint JOIN alert_seen s ON s.fingerprint = a.fingerprint
+             WHERE a.incident_id = ? ORDER BY a.first_seen_ms, a.fingerprint",
+        )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
         let mut alerts = Vec::new();
         for r in rows {
-            let a: AlertRecord = decode("a stored alert", &r.try_get::<String, _>(0)?)?;
+            let a = alert_from(&r)?;
             inc.alerts.insert(a.alert.fingerprint.clone());
             alerts.push(a);
         }
@@ -410,7 +477,81 @@ impl Store {
 
     /// Alerts received, summed: (distinct fingerprints, total received).
     pub async fn alert_totals(&self) -> Result<(i64, i64)> {
-        let r = sqlx::query("SELECT COUNT(*), COALESCE(SUM(received), 0) FROM alerts").fetch_one(&self.pool).await?;
+        let r = sqlx::query("SELECT COUNT(*), COALESCE(SUM(received), 0) FROM alert_seen").fetch_one(&self.pool).await?;
         Ok((r.try_get(0)?, r.try_get(1)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use labops_aiops::desk::{Desk, Settings};
+    use labops_aiops::intake::{fingerprint, Alert, Source};
+    use labops_core::inventory::Inventory;
+
+    use super::*;
+
+    fn alert(name: &str) -> Alert {
+        let labels = BTreeMap::from([("alertname".to_string(), name.to_string()), ("severity".to_string(), "critical".to_string())]);
+        Alert { source: Source::Generic, fingerprint: fingerprint(&labels), status: Status::Firing, labels, annotations: BTreeMap::new(), starts_at_ms: None, ends_at_ms: None, url: None }
+    }
+
+    async fn save(store: &Store, desk: &Desk, d: &labops_aiops::desk::Delta) {
+        let alerts: Vec<_> = d.alerts.iter().filter_map(|f| desk.alert(f)).collect();
+        let incidents: Vec<_> = d.incidents.iter().filter_map(|i| desk.incident(*i)).collect();
+        let (ta, ti) = d.only_touched();
+        let seen: Vec<_> = ta.iter().filter_map(|f| desk.alert(f)).map(|r| (r.alert.fingerprint.as_str(), r.last_seen_ms, r.received)).collect();
+        let rep: Vec<_> = ti.iter().filter_map(|i| desk.incident(*i)).map(|i| (i.id, i.updated_ms, i.repeats)).collect();
+        store.save_alerting(&alerts, &incidents, &seen, &rep, &d.events).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_desk_round_trips_through_the_store_and_people_win_over_stale_writes() {
+        let store = Store::in_memory().await.unwrap();
+        let inv = Inventory::default();
+        let mut desk = Desk::new(Settings::default());
+        let d = desk.ingest(vec![alert("A"), alert("B")], &inv, 1000);
+        save(&store, &desk, &d).await;
+        // Repeats write only their counters.
+        let d = desk.ingest(vec![alert("A"), alert("A")], &inv, 2000);
+        assert!(d.alerts.is_empty() && !d.touched_alerts.is_empty());
+        save(&store, &desk, &d).await;
+        let (alerts, incidents, _) = store.load_alerting(0, 3000).await.unwrap();
+        let a = alerts.iter().find(|r| r.alert.name() == "A").unwrap();
+        assert_eq!((a.received, a.last_seen_ms), (3, 2000));
+        let ia = incidents.iter().find(|i| i.alerts.contains(&a.alert.fingerprint)).unwrap();
+        assert_eq!(ia.repeats, 2);
+        assert_eq!(store.alert_totals().await.unwrap(), (2, 4));
+        // A person acknowledges from another process; the desk's stale view does not undo it.
+        let id = ia.id;
+        assert_eq!(store.set_incident_state(id, IncidentState::Acknowledged, "alice", 4000, "cli").await.unwrap(), Some(IncidentState::Open));
+        let d = desk.ingest(vec![alert("C")], &inv, 5000);
+        let stale: Vec<&Incident> = vec![desk.incident(id).unwrap()];
+        store.save_alerting(&[], &stale, &[], &[], &d.events).await.unwrap();
+        let (inc, alerts, events) = store.incident(id).await.unwrap().unwrap();
+        assert_eq!(inc.state, IncidentState::Acknowledged);
+        assert_eq!(inc.acked.as_ref().unwrap().1, "alice");
+        assert_eq!(alerts.len(), 1);
+        assert!(events.iter().any(|e| e.kind == "acknowledged"));
+        // Resolved cannot be acknowledged again; unknown incidents say so.
+        assert_eq!(store.set_incident_state(id, IncidentState::Resolved, "bob", 6000, "cli").await.unwrap(), Some(IncidentState::Acknowledged));
+        assert_eq!(store.set_incident_state(id, IncidentState::Acknowledged, "bob", 7000, "cli").await.unwrap(), Some(IncidentState::Resolved));
+        assert_eq!(store.set_incident_state(999, IncidentState::Resolved, "bob", 7000, "cli").await.unwrap(), None);
+        assert!(store.audit_recent(10).await.unwrap().iter().any(|e| e.action == "incident_acknowledged" && e.actor == "cli"));
+        assert_eq!(store.incident_decisions_since(0).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn silences_are_stored_expire_and_keep_their_patterns() {
+        let store = Store::in_memory().await.unwrap();
+        let s = Silence { id: 0, matchers: vec![Matcher::parse("instance=~\"pve-0[1-3].*\"").unwrap()], entity: None, starts_ms: 0, ends_ms: 10_000, created_by: "alice".into(), comment: "disk swap".into() };
+        let id = store.add_silence(&s, 0, "cli").await.unwrap();
+        let got = store.silences(5_000).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].matchers, s.matchers);
+        assert!(store.expire_silence(id, 6_000, "cli").await.unwrap());
+        assert!(!store.expire_silence(id, 7_000, "cli").await.unwrap());
+        assert!(store.silences(6_500).await.unwrap().is_empty());
     }
 }

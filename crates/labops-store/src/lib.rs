@@ -68,7 +68,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A handle on the state database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Readers.
     pool: SqlitePool,
+    /// The one connection this process writes through: its page cache stays warm (a write on
+    /// another connection of the pool would find its cache stale and read the pages again).
+    write_pool: SqlitePool,
     /// Serialises this process's writes: SQLite has one writer at a time, and connections of
     /// one pool competing for it would sleep in SQLite's busy handler instead of queueing.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -144,14 +148,23 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(5));
+        // An embedded database's connections do not go stale: no ping before each use (a round
+        // trip to the connection's worker thread per transaction otherwise).
+        let write_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(opts.clone())
+            .await
+            .map_err(|source| Error::Open { path: path.display().to_string(), source })?;
+        MIGRATOR.run(&write_pool).await?;
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(3)
+            .test_before_acquire(false)
             .connect_with(opts)
             .await
             .map_err(|source| Error::Open { path: path.display().to_string(), source })?;
-        MIGRATOR.run(&pool).await?;
         drop(lock);
-        Ok(Self { pool, writer: Default::default() })
+        Ok(Self { pool, write_pool, writer: Default::default() })
     }
 
     /// An in-memory database, for tests.
@@ -159,7 +172,7 @@ impl Store {
         let opts = SqliteConnectOptions::from_str("sqlite::memory:")?;
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, writer: Default::default() })
+        Ok(Self { write_pool: pool.clone(), pool, writer: Default::default() })
     }
 
     /// A write transaction, holding this process's write turn. `BEGIN IMMEDIATE` takes SQLite's
@@ -167,7 +180,7 @@ impl Store {
     /// SQLITE_BUSY when another process wrote in between.
     pub(crate) async fn write_tx(&self) -> Result<(tokio::sync::OwnedMutexGuard<()>, sqlx::Transaction<'static, sqlx::Sqlite>)> {
         let turn = self.writer.clone().lock_owned().await;
-        Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
+        Ok((turn, self.write_pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
     /// The schema version (number of the last applied migration).
