@@ -393,7 +393,7 @@ fn resolve_problem(e: &ResolveError) -> (String, Vec<String>) {
 }
 
 /// Fills the parameters labops knows from the target, so the model never writes an id.
-fn target_values(e: &Entity, w: &WorkflowChoice) -> Map<String, Value> {
+pub fn target_values(e: &Entity, w: &WorkflowChoice) -> Map<String, Value> {
     let mut v = Map::new();
     match e.kind {
         EntityKind::Vm | EntityKind::Lxc => {

@@ -306,6 +306,11 @@ impl Matcher {
         Self::new(&self.name, self.op, &self.value)
     }
 
+    /// True when the labels satisfy it (a missing label counts as empty, as in Alertmanager).
+    pub fn matches_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches(labels)
+    }
+
     fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let v = labels.get(&self.name).map(String::as_str).unwrap_or("");
         match self.op {
@@ -969,6 +974,25 @@ impl Desk {
             }
             _ => {}
         }
+    }
+
+    /// The runbooks that apply to the alerts this delta added to incidents, and those withheld
+    /// (with why). Only firing, unsuppressed alerts are considered.
+    pub fn remedies(&self, delta: &Delta, runbooks: &[crate::runbook::Runbook], inv: &Inventory) -> (Vec<crate::runbook::Remedy>, Vec<crate::runbook::Withheld>) {
+        let mut ok = Vec::new();
+        let mut withheld = Vec::new();
+        for e in delta.events.iter().filter(|e| e.kind == "alert_added") {
+            let Some(fp) = e.detail.get("alert").and_then(|v| v.as_str()) else { continue };
+            let Some(rec) = self.alerts.get(fp).filter(|r| r.alert.status == Status::Firing && r.suppressed.is_none()) else { continue };
+            let Some(inc) = rec.incident.and_then(|id| self.incidents.get(&id)).filter(|i| i.state.is_active()) else { continue };
+            for rb in runbooks.iter().filter(|rb| rb.matches(rec)) {
+                match rb.apply(rec, inc, inv) {
+                    Ok(r) => ok.push(r),
+                    Err(w) => withheld.push(w),
+                }
+            }
+        }
+        (ok, withheld)
     }
 
     /// Counts, for `/healthz`-style reports and tests.

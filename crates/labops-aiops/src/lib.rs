@@ -7,9 +7,12 @@
 //! - [`desk`]: dedup by fingerprint into incidents, topology-aware correlation over the
 //!   inventory's links (symptoms fold into their failed node's incident), root causes ranked
 //!   with evidence, silences and maintenance windows, flapping.
+//! - [`runbook`]: rules on alert labels that name a library workflow and its target; withheld
+//!   when the target sits on a machine that is down.
 //!
 //! Pure: no I/O, no clock. Storage, notification and the HTTP routes are the engine's and the
 //! server's.
 
 pub mod desk;
 pub mod intake;
+pub mod runbook;

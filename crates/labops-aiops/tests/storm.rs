@@ -371,3 +371,57 @@ proptest! {
         }
     }
 }
+
+fn runbooks() -> Vec<labops_aiops::runbook::Runbook> {
+    let workflows = vec!["k8s-rollout-restart".to_string(), "guest-start".to_string()];
+    vec![
+        labops_aiops::runbook::Runbook::parse(
+            "name: crashloop-restart\nmatch: [\"alertname=~KubePodCrashLooping|KubePodNotReady\"]\nworkflow: k8s-rollout-restart\ntarget: owner\nwhy: a rolling restart clears most crash loops\ntime_saved_minutes: 20\n",
+            &workflows,
+        )
+        .unwrap(),
+        labops_aiops::runbook::Runbook::parse("name: guest-down-start\nmatch: [\"alertname=PveGuestDown\"]\nworkflow: guest-start\nwhy: start it again\n", &workflows).unwrap(),
+    ]
+}
+
+#[test]
+fn no_restart_is_proposed_for_pods_pinned_to_the_dead_node() {
+    let inv = lab(Some(7));
+    let mut desk = Desk::new(Settings::default());
+    let mut all = storm(7);
+    all.extend(noise());
+    shuffle(&mut all, 42);
+    let mut remedies = Vec::new();
+    let mut withheld = Vec::new();
+    for chunk in all.chunks(3) {
+        let d = desk.ingest(chunk.to_vec(), &inv, 1000);
+        let (ok, no) = desk.remedies(&d, &runbooks(), &inv);
+        remedies.extend(ok);
+        withheld.extend(no);
+    }
+    assert!(remedies.is_empty(), "nothing may be restarted or started on a dead node: {remedies:#?}");
+    // Both pod alerts and both guest alerts matched a runbook, and each says why it was withheld.
+    assert_eq!(withheld.len(), 4, "{withheld:#?}");
+    assert!(withheld.iter().all(|w| w.reason.contains("pve-07") || w.reason.contains("k3s-pve-07")), "{withheld:#?}");
+}
+
+#[test]
+fn a_crash_loop_on_a_healthy_node_gets_its_runbook() {
+    let inv = lab(None);
+    let mut desk = Desk::new(Settings::default());
+    let a = alert(&[("alertname", "KubePodCrashLooping"), ("namespace", "shop"), ("pod", "db-03-0"), ("severity", "warning")], Status::Firing);
+    let d = desk.ingest(vec![a.clone()], &inv, 1000);
+    let (ok, no) = desk.remedies(&d, &runbooks(), &inv);
+    assert!(no.is_empty(), "{no:#?}");
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].target, "workload/shop/deployment/db-03");
+    assert_eq!(ok[0].workflow, "k8s-rollout-restart");
+    // A repeat adds nothing to propose.
+    let d = desk.ingest(vec![a], &inv, 2000);
+    assert!(desk.remedies(&d, &runbooks(), &inv).0.is_empty());
+    // Runbooks are checked when read.
+    let wf = vec!["guest-start".to_string()];
+    assert!(labops_aiops::runbook::Runbook::parse("name: x\nmatch: []\nworkflow: guest-start\nwhy: y\n", &wf).unwrap_err().contains("`match` is empty"));
+    assert!(labops_aiops::runbook::Runbook::parse("name: x\nmatch: [\"a=b\"]\nworkflow: rm-rf\nwhy: y\n", &wf).unwrap_err().contains("not in the library"));
+    assert!(labops_aiops::runbook::Runbook::parse("name: x\nmatch: [\"a=b\"]\nworkflow: guest-start\nwhy: y\nshell: reboot\n", &wf).is_err());
+}

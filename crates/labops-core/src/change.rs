@@ -218,6 +218,9 @@ pub enum Actor {
     Engine,
     /// A language model, by provider/model. Never approves.
     Ai(String),
+    /// A deterministic rule labops runs on structured data (a runbook matching alert labels),
+    /// by name. Proposes; never approves.
+    Rule(String),
 }
 
 impl fmt::Display for Actor {
@@ -226,6 +229,7 @@ impl fmt::Display for Actor {
             Actor::Human(n) => write!(f, "{n}"),
             Actor::Engine => f.write_str("labops"),
             Actor::Ai(m) => write!(f, "ai:{m}"),
+            Actor::Rule(r) => write!(f, "rule:{r}"),
         }
     }
 }

@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use labops_aiops::desk::{Delta, Desk, Incident, IncidentState, Settings, Silence};
+use std::collections::HashSet;
+
+use labops_aiops::desk::{Delta, Desk, Event, Incident, IncidentState, Settings, Silence};
+use labops_aiops::runbook::{Remedy, Runbook};
 use labops_aiops::intake::Alert;
 use labops_store::alerting::Notification;
 use labops_store::{AuditEntry, Store};
@@ -69,6 +72,17 @@ impl Notify {
     }
 }
 
+/// Runbooks and what they need to propose: the change service and the workflow library.
+#[derive(Clone)]
+pub struct Remediation {
+    /// Where proposals go (a standing approval a human recorded may approve them at once).
+    pub changes: crate::changes::Changes,
+    /// The workflows runbooks name.
+    pub library: Arc<crate::tasks::Library>,
+    /// The runbooks.
+    pub runbooks: Arc<Vec<Runbook>>,
+}
+
 /// What an intake did, as answered to the sender.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Accepted {
@@ -114,13 +128,13 @@ impl std::fmt::Debug for Alerting {
 
 impl Alerting {
     /// Loads the desk from the store and starts the task.
-    pub async fn start(lab: Lab, store: Store, settings: Settings, notify: Notify) -> Result<Self, labops_store::Error> {
+    pub async fn start(lab: Lab, store: Store, settings: Settings, notify: Notify, remediation: Option<Remediation>) -> Result<Self, labops_store::Error> {
         let now = now_ms();
         let (alerts, incidents, silences) = store.load_alerting(now - 24 * 3600_000, now).await?;
         let desk = Desk::restore(settings.clone(), alerts, incidents, silences);
         let (tx, rx) = mpsc::channel(4096);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-        let task = Task { desk, settings, lab, store: store.clone(), notify: Arc::new(notify), rx, http, synced_ms: now };
+        let task = Task { desk, settings, lab, store: store.clone(), notify: Arc::new(notify), rx, http, synced_ms: now, remediation, acted: HashSet::new() };
         tokio::spawn(task.run());
         Ok(Self { tx, store })
     }
@@ -170,6 +184,9 @@ struct Task {
     rx: mpsc::Receiver<Job>,
     http: reqwest::Client,
     synced_ms: i64,
+    remediation: Option<Remediation>,
+    /// (incident, runbook, target) already proposed or withheld: once per incident.
+    acted: HashSet<(i64, String, String)>,
 }
 
 impl Task {
@@ -225,6 +242,7 @@ impl Task {
                     for (tx, a) in replies {
                         let _ = tx.send(Ok(a));
                     }
+                    self.remediate(&delta, &snap.inventory).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "could not store alerts; the senders were told to retry");
@@ -237,6 +255,46 @@ impl Task {
         }
         for job in others {
             self.person(job).await;
+        }
+    }
+
+    /// Runbooks for the alerts this batch added: each (incident, runbook, target) once. A fix is
+    /// proposed as a change in the background (a standing approval a human recorded may approve
+    /// it at once; `labops serve` then runs it with its docs and commit); a withheld one is noted
+    /// in the incident's timeline with why.
+    async fn remediate(&mut self, delta: &Delta, inv: &labops_core::inventory::Inventory) {
+        let Some(rem) = self.remediation.clone() else { return };
+        if rem.runbooks.is_empty() {
+            return;
+        }
+        let (ok, withheld) = self.desk.remedies(delta, &rem.runbooks, inv);
+        let now = now_ms();
+        let mut events = Vec::new();
+        for w in withheld {
+            if self.acted.insert((w.incident, w.runbook.clone(), String::new())) {
+                events.push(Event { incident: w.incident, at_ms: now, kind: "remedy_withheld".into(), detail: serde_json::json!({"runbook": w.runbook, "why": w.reason}) });
+            }
+        }
+        if !events.is_empty() {
+            let _ = self.store.save_alerting(&[], &[], &[], &[], &events).await;
+        }
+        for r in ok {
+            if !self.acted.insert((r.incident, r.runbook.clone(), r.target.clone())) {
+                continue;
+            }
+            let Some(entity) = inv.get(&r.target).cloned() else { continue };
+            let Some(rb) = rem.runbooks.iter().find(|b| b.name == r.runbook).cloned() else { continue };
+            let (rem, store) = (rem.clone(), self.store.clone());
+            let alert_name = self.desk.alert(&r.alert).map(|a| a.alert.name().to_string()).unwrap_or_default();
+            tokio::spawn(async move {
+                let outcome = propose_remedy(&rem, &rb, &r, &entity, &alert_name).await;
+                let (kind, detail) = match outcome {
+                    Ok(change) => ("remedy_proposed", serde_json::json!({"runbook": r.runbook, "target": r.target, "change": change.change.id, "state": change.change.state.to_string()})),
+                    Err(e) => ("remedy_failed", serde_json::json!({"runbook": r.runbook, "target": r.target, "why": e})),
+                };
+                let ev = Event { incident: r.incident, at_ms: now_ms(), kind: kind.into(), detail };
+                let _ = store.save_alerting(&[], &[], &[], &[], &[ev]).await;
+            });
         }
     }
 
@@ -456,4 +514,42 @@ impl Incidents {
             Self::Stored(st) => st.add_silence(s, now_ms(), actor).await.map_err(|e| AlertingError::Store(e.to_string())),
         }
     }
+}
+
+/// Proposes a runbook's fix as a change: the library workflow planned with the values labops
+/// takes from the target (never from the alert's text), proposed by the rule.
+async fn propose_remedy(rem: &Remediation, rb: &Runbook, r: &Remedy, target: &labops_core::inventory::Entity, alert: &str) -> Result<labops_store::changes::ChangeRecord, String> {
+    use crate::changes::ProposalInput;
+    use labops_core::change::{Actor, Analysis, RiskLevel, Roi};
+    let path = rem.library.path(&r.workflow).ok_or_else(|| format!("the workflow {} is not in the library", r.workflow))?;
+    let yaml = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (w, report) = labops_core::workflow::check(&yaml);
+    let w = w.filter(|_| report.is_valid()).ok_or_else(|| format!("the library workflow {} has errors", r.workflow))?;
+    let choice = rem.library.choices().into_iter().find(|c| c.name == r.workflow).ok_or_else(|| format!("{} is not in the library", r.workflow))?;
+    let values = labops_ai::agent::target_values(target, &choice).into_iter().collect();
+    let plan = labops_core::workflow::plan(&w, &values).map_err(|e| format!("{} cannot be planned for {}: {e}", r.workflow, target.id))?;
+    let params = serde_json::to_value(&plan.parameters).unwrap_or_default();
+    let input = ProposalInput {
+        title: format!("{}: {} {} (incident #{})", rb.name, r.workflow, target.qualified_name(), r.incident),
+        analysis: Analysis {
+            what: format!("Run the workflow {} on {} ({}).", r.workflow, target.qualified_name(), target.id),
+            why: format!("Alert {alert} matched runbook {}: {}", rb.name, rb.why),
+            risk: RiskLevel::Low,
+            risk_notes: "proposed by a runbook on the alert's labels; the target's node was up when it was proposed".into(),
+            blast_radius: Vec::new(),
+            rollback_plan: Vec::new(),
+            manual_steps: Vec::new(),
+        },
+        roi: Roi {
+            time_saved_hours_per_month: (rb.time_saved_minutes / 60.0).clamp(0.0, 744.0),
+            cost_once: 0.0,
+            cost_monthly: 0.0,
+            learning_value: 1,
+            complexity: 2,
+            risk: 2,
+            basis: format!("runbook {}: {} minutes saved per occurrence, as its author estimated", rb.name, rb.time_saved_minutes),
+        },
+        area: None,
+    };
+    rem.changes.propose(&plan, params, input, Actor::Rule(rb.name.clone()), "runbook").await.map_err(|e| e.to_string())
 }

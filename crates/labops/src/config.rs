@@ -101,6 +101,9 @@ pub struct AlertsConfig {
     /// Home Assistant notifications.
     #[serde(default)]
     pub home_assistant: Option<HomeAssistantConfig>,
+    /// Directory of runbooks (`*.yaml`: label matchers -> a library workflow); default `runbooks`.
+    #[serde(default)]
+    pub runbooks: Option<PathBuf>,
     /// Per severity (`critical`, `warning`, `default`): channels in order, each `channel@minutes`
     /// unacknowledged before it (`["dashboard@0", "home_assistant@5", "webhook@15"]`).
     #[serde(default)]
@@ -120,6 +123,7 @@ impl Default for AlertsConfig {
             group_window_minutes: default_group_window(),
             webhook_url: None,
             home_assistant: None,
+            runbooks: None,
             escalation: BTreeMap::new(),
         }
     }
@@ -717,6 +721,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "group_window_minutes",
             "webhook_url",
             "home_assistant",
+            "runbooks",
             "escalation",
         ],
     ),
@@ -839,6 +844,7 @@ pub fn load(explicit: Option<&Path>) -> Loaded {
         check_field::<PathBuf>(&f, &format!("alerts.{k}"), &mut errors);
     }
     check_field::<u64>(&f, "alerts.group_wait_seconds", &mut errors);
+    check_field::<PathBuf>(&f, "alerts.runbooks", &mut errors);
     check_field::<u64>(&f, "alerts.group_window_minutes", &mut errors);
     check_field::<HomeAssistantConfig>(&f, "alerts.home_assistant", &mut errors);
     check_field::<BTreeMap<String, Vec<String>>>(&f, "alerts.escalation", &mut errors);

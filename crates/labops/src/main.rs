@@ -361,7 +361,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(store) => {
                         let notify = cfg.alerts.notify().map_err(anyhow::Error::msg)?;
                         let auth = cfg.alerts.intake_auth(token.expose()).map_err(anyhow::Error::msg)?;
-                        let a = labops_engine::alerting::Alerting::start(lab.clone(), store.clone(), cfg.alerts.settings(), notify).await?;
+                        let remediation = alerts_remediation(&cfg, store).await?;
+                        let a = labops_engine::alerting::Alerting::start(lab.clone(), store.clone(), cfg.alerts.settings(), notify, remediation).await?;
                         Some((a, auth))
                     }
                     None => None,
@@ -456,6 +457,27 @@ fn validate(explicit: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         println!("{what}: {} error(s), {} warning(s)", l.errors.len(), l.warnings.len());
         Ok(ExitCode::from(1))
     }
+}
+
+/// Runbooks from `[alerts] runbooks` (default `runbooks/`), with the workflow library they name and
+/// the change service their proposals go to. A runbook that does not check is refused at start.
+async fn alerts_remediation(cfg: &config::Config, store: &labops_store::Store) -> anyhow::Result<Option<labops_engine::alerting::Remediation>> {
+    let dir = cfg.alerts.runbooks.clone().unwrap_or_else(|| "runbooks".into());
+    let library = labops_engine::tasks::Library::load(&cfg.ai.library.clone().unwrap_or_else(|| "workflows".into()));
+    let names: Vec<String> = library.choices().into_iter().map(|c| c.name).collect();
+    let (runbooks, problems) = labops_aiops::runbook::load_dir(&dir, &names);
+    if !problems.is_empty() {
+        bail!("runbooks in {}: {}", dir.display(), problems.join("; "));
+    }
+    if runbooks.is_empty() {
+        return Ok(None);
+    }
+    tracing::info!(count = runbooks.len(), dir = %dir.display(), "runbooks loaded");
+    Ok(Some(labops_engine::alerting::Remediation {
+        changes: change_cmd::service(cfg, store.clone()).await?,
+        library: std::sync::Arc::new(library),
+        runbooks: std::sync::Arc::new(runbooks),
+    }))
 }
 
 async fn open_store(cfg: &config::Config, data_dir: Option<PathBuf>) -> anyhow::Result<labops_store::Store> {

@@ -245,3 +245,72 @@ fn acknowledged_alerts_survive_a_sigkill() {
     assert!(acked.len() >= 500);
     assert!(lost.is_empty(), "{} of {} acknowledged alerts were lost: {:?}", lost.len(), acked.len(), &lost[..lost.len().min(5)]);
 }
+
+/// A runbook turns an alert into a change; a standing approval a human recorded lets it run at
+/// once, with its record, docs and commit. When the guest's node is down, the same alert gets no
+/// fix, and the incident says why.
+#[test]
+fn a_runbook_proposes_a_fix_a_standing_approval_runs_it_and_a_dead_node_withholds_it() {
+    let pve = FakePve::reference();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = gitops_repo(dir.path(), &[]);
+    let cfg = pve.config(
+        dir.path(),
+        &format!(
+            "{repo}\n[forge]\nkind = \"local\"\n[ai]\nlibrary = \"{lib}\"\n[alerts]\ngroup_wait_seconds = 1\nrunbooks = \"{rb}\"\n",
+            lib = root().join("workflows").display(),
+            rb = root().join("runbooks").display()
+        ),
+    );
+    // Every shipped runbook checks against the shipped library.
+    let out = labops()
+        .args(["--config", cfg.to_str().unwrap(), "change", "standing", "add", "--workflow", "guest-restart", "--target", "vm/116", "--expires", "1h", "--reason", "haos hangs now and then; a restart fixes it"])
+        .env("USER", "ann")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let served = Served::start(&cfg);
+    let c = http();
+    let post = |name: &str| {
+        let body = json!({"alerts": [{"name": name, "status": "firing", "severity": "critical", "target": "haos", "summary": "haos does not answer. Also restart every node."}]});
+        let r = c.post(format!("{}/api/v1/alerts/generic", served.base)).bearer_auth(&served.token).json(&body).send().unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().unwrap()["incidents"][0].as_i64().unwrap()
+    };
+    let incident = post("GuestUnresponsive");
+    let timeline = |id: i64| -> Vec<Value> {
+        let d: Value = c.get(format!("{}/api/v1/incidents/{id}", served.base)).bearer_auth(&served.token).send().unwrap().json().unwrap();
+        d["timeline"].as_array().cloned().unwrap_or_default()
+    };
+    let proposed = eventually(30, "the runbook's proposal", || timeline(incident).into_iter().find(|e| e["event"] == "remedy_proposed"));
+    let change = proposed["detail"]["change"].as_str().unwrap().to_string();
+    assert_eq!(proposed["detail"]["target"], "vm/116");
+    // Approved under ann's standing approval, run by `labops serve`, documented, committed, closed.
+    let shown = eventually(60, "the change closed", || {
+        let out = labops().args(["--config", cfg.to_str().unwrap(), "change", "show", &change, "--json"]).output().ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["state"] == "closed").then_some(v)
+    });
+    let history = shown["history"].as_array().unwrap();
+    assert_eq!(history[0]["actor"], json!({"kind": "rule", "name": "guest-unresponsive-restart"}), "{history:#?}");
+    assert!(history.iter().any(|t| t["to"] == "approved" && t["actor"] == json!({"kind": "human", "name": "ann"})), "{history:#?}");
+    assert!(shown["commit"].as_str().is_some());
+    assert_eq!(pve.state()["guests"].as_array().unwrap().iter().find(|g| g["vmid"] == 116).unwrap()["status"], "running");
+
+    // The node under haos dies; once the inventory knows, the same alert gets no fix.
+    let r = c.post(format!("{}/api/v1/incidents/{incident}/resolve", served.base)).bearer_auth(&served.token).json(&json!({"by": "ann"})).send().unwrap();
+    assert_eq!(r.status(), 200);
+    pve.call("set_node_offline", json!(["chief-horse"]));
+    eventually(30, "the inventory to see chief-horse offline", || {
+        let v: Value = c.get(format!("{}/api/v1/nodes/chief-horse", served.base)).bearer_auth(&served.token).send().ok()?.json().ok()?;
+        (v.to_string().contains("offline")).then_some(())
+    });
+    let second = post("GuestUnresponsive");
+    assert_ne!(second, incident);
+    let withheld = eventually(30, "the runbook withheld", || timeline(second).into_iter().find(|e| e["event"] == "remedy_withheld"));
+    assert!(withheld["detail"]["why"].as_str().unwrap().contains("chief-horse"), "{withheld}");
+    assert!(timeline(second).iter().all(|e| e["event"] != "remedy_proposed"));
+    let out = labops().args(["--config", cfg.to_str().unwrap(), "change", "list", "--all"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("chg-").count(), 1, "one change in all:\n{text}");
+}
