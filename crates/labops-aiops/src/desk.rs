@@ -1029,5 +1029,6 @@ pub fn source_name(s: Source) -> &'static str {
         Source::Prometheus => "prometheus",
         Source::UptimeKuma => "uptime_kuma",
         Source::Generic => "generic",
+        Source::Labops => "labops",
     }
 }

@@ -29,6 +29,8 @@ pub enum Source {
     UptimeKuma,
     /// The documented generic form.
     Generic,
+    /// labops itself: its checks on the monitoring stack (monitor the monitor).
+    Labops,
 }
 
 /// Firing or resolved.

@@ -427,6 +427,31 @@ impl Task {
     }
 }
 
+/// A notice straight to the backup channels (Home Assistant and the webhook, those configured),
+/// for problems of the alerting pipeline itself: the primary path is what failed.
+pub async fn backup_notice(http: &reqwest::Client, notify: &Notify, alert: &str, instance: &str, problem: &str) {
+    let title = format!("[CRITICAL] labops: {alert} ({instance})");
+    let body = format!("{problem}. The alerting pipeline may not deliver other alerts until this is fixed.");
+    if let Some((url, token, service)) = &notify.home_assistant {
+        let service = service.strip_prefix("notify.").unwrap_or(service);
+        let r = http
+            .post(format!("{}/api/services/notify/{service}", url.trim_end_matches('/')))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"title": title, "message": body}))
+            .send()
+            .await;
+        if let Err(e) = r.and_then(|r| r.error_for_status()) {
+            tracing::error!("backup notice to Home Assistant failed: {e}");
+        }
+    }
+    if let Some(url) = &notify.webhook {
+        let r = http.post(url).json(&serde_json::json!({"title": title, "message": body, "severity": "critical", "alert": alert, "instance": instance, "source": "labops"})).send().await;
+        if let Err(e) = r.and_then(|r| r.error_for_status()) {
+            tracing::error!("backup notice to the webhook failed: {e}");
+        }
+    }
+}
+
 /// What a notice says, in one line and a few.
 pub fn message(inc: &Incident) -> (String, String) {
     let title = format!("[{}] #{} {}", inc.severity.to_uppercase(), inc.id, inc.title);

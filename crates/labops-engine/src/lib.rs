@@ -13,12 +13,15 @@
 //!   close), the forge trait and the local forge, the GitOps documentation.
 //! - [`alerting`]: the task that owns the incident desk: group-committed intake (stored before
 //!   it is acknowledged), first notices and escalation, acknowledgements and silences.
+//! - [`monitor`]: monitor the monitor: Prometheus, Alertmanager and Grafana health, rule
+//!   evaluation, the heartbeat alert; problems become labops' own alerts and backup notices.
 //! - [`tasks`]: the universal task processor's service: the workflow library the agent may
 //!   propose from, and drafts turned into change proposals.
 
 pub mod alerting;
 pub mod changes;
 pub mod lab;
+pub mod monitor;
 pub mod runs;
 pub mod service;
 pub mod tasks;

@@ -475,6 +475,15 @@ impl Store {
             .collect()
     }
 
+    /// When a firing alert of this name (`Watchdog`) was last received, if ever.
+    pub async fn last_seen_named(&self, name: &str) -> Result<Option<i64>> {
+        let r = sqlx::query("SELECT MAX(s.last_seen_ms) FROM alerts a JOIN alert_seen s ON s.fingerprint = a.fingerprint WHERE a.name = ? AND a.status = 'firing'")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get(0)?)
+    }
+
     /// Alerts received, summed: (distinct fingerprints, total received).
     pub async fn alert_totals(&self) -> Result<(i64, i64)> {
         let r = sqlx::query("SELECT COUNT(*), COALESCE(SUM(received), 0) FROM alert_seen").fetch_one(&self.pool).await?;

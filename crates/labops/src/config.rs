@@ -101,6 +101,9 @@ pub struct AlertsConfig {
     /// Home Assistant notifications.
     #[serde(default)]
     pub home_assistant: Option<HomeAssistantConfig>,
+    /// Monitor the monitor: the monitoring stack labops checks.
+    #[serde(default)]
+    pub monitor: Option<MonitorConfig>,
     /// Directory of runbooks (`*.yaml`: label matchers -> a library workflow); default `runbooks`.
     #[serde(default)]
     pub runbooks: Option<PathBuf>,
@@ -124,8 +127,60 @@ impl Default for AlertsConfig {
             webhook_url: None,
             home_assistant: None,
             runbooks: None,
+            monitor: None,
             escalation: BTreeMap::new(),
         }
+    }
+}
+
+/// `[alerts.monitor]`: the monitoring stack labops watches (monitor the monitor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Prometheus (`http://prometheus.homelab:9090`): health and rule evaluation.
+    #[serde(default)]
+    pub prometheus_url: Option<String>,
+    /// Alertmanager (`http://alertmanager.homelab:9093`): health.
+    #[serde(default)]
+    pub alertmanager_url: Option<String>,
+    /// Grafana (`http://grafana.homelab:3000`): `/api/health`.
+    #[serde(default)]
+    pub grafana_url: Option<String>,
+    /// A Grafana service-account token, if `/api/health` needs one.
+    #[serde(default)]
+    pub grafana_token_file: Option<PathBuf>,
+    /// The always-firing alert that proves the path from Prometheus to labops works.
+    #[serde(default)]
+    pub heartbeat_alert: Option<String>,
+    /// How long it may be missing (default 10 minutes).
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_minutes: u64,
+    /// How often to check (default 30 s).
+    #[serde(default = "default_monitor_interval")]
+    pub interval_seconds: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    10
+}
+fn default_monitor_interval() -> u64 {
+    30
+}
+
+impl MonitorConfig {
+    /// What the monitor task watches.
+    pub fn watch(&self) -> Result<labops_engine::monitor::Watch, String> {
+        let token = match &self.grafana_token_file {
+            Some(f) => Some(read_secret(&None, &Some(f.clone()), "Grafana token")?.expose().to_string()),
+            None => None,
+        };
+        Ok(labops_engine::monitor::Watch {
+            prometheus: self.prometheus_url.clone(),
+            alertmanager: self.alertmanager_url.clone(),
+            grafana: self.grafana_url.clone().map(|u| (u, token)),
+            heartbeat: self.heartbeat_alert.clone().map(|n| (n, Duration::from_secs(self.heartbeat_minutes * 60))),
+            interval: Duration::from_secs(self.interval_seconds.max(1)),
+        })
     }
 }
 
@@ -722,6 +777,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "webhook_url",
             "home_assistant",
             "runbooks",
+            "monitor",
             "escalation",
         ],
     ),
@@ -845,6 +901,7 @@ pub fn load(explicit: Option<&Path>) -> Loaded {
     }
     check_field::<u64>(&f, "alerts.group_wait_seconds", &mut errors);
     check_field::<PathBuf>(&f, "alerts.runbooks", &mut errors);
+    check_field::<MonitorConfig>(&f, "alerts.monitor", &mut errors);
     check_field::<u64>(&f, "alerts.group_window_minutes", &mut errors);
     check_field::<HomeAssistantConfig>(&f, "alerts.home_assistant", &mut errors);
     check_field::<BTreeMap<String, Vec<String>>>(&f, "alerts.escalation", &mut errors);
@@ -1111,6 +1168,24 @@ fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Pro
         if h.service.trim().is_empty() {
             err("alerts.home_assistant.service", "empty; name the notify service (notify.mobile_app_phone)".into());
         }
+    }
+    if let Some(m) = &a.monitor {
+        for (path, u) in [("alerts.monitor.prometheus_url", &m.prometheus_url), ("alerts.monitor.alertmanager_url", &m.alertmanager_url), ("alerts.monitor.grafana_url", &m.grafana_url)] {
+            if let Some(u) = u
+                && !(u.starts_with("http://") || u.starts_with("https://")) {
+                    err(path, format!("{u:?} is not an http(s) URL"));
+                }
+        }
+        if !(1..=3600).contains(&m.interval_seconds) {
+            err("alerts.monitor.interval_seconds", format!("{} is out of range; use 1..=3600", m.interval_seconds));
+        }
+        if !(1..=1440).contains(&m.heartbeat_minutes) {
+            err("alerts.monitor.heartbeat_minutes", format!("{} is out of range; use 1..=1440", m.heartbeat_minutes));
+        }
+        if let Some(f) = &m.grafana_token_file
+            && !f.exists() {
+                err("alerts.monitor.grafana_token_file", format!("{} does not exist", f.display()));
+            }
     }
     for (sev, steps) in &a.escalation {
         for (i, st) in steps.iter().enumerate() {

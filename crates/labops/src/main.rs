@@ -342,6 +342,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve { listen } => {
             let token = cfg.server.bearer_token().map_err(anyhow::Error::msg)?;
+            let mut monitor = None;
             let listen = listen.unwrap_or(cfg.server.listen.clone());
             let opts = labops_server::http::HttpOptions {
                 listen: listen.parse().with_context(|| format!("--listen {listen:?} is not IP:PORT"))?,
@@ -362,7 +363,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         let notify = cfg.alerts.notify().map_err(anyhow::Error::msg)?;
                         let auth = cfg.alerts.intake_auth(token.expose()).map_err(anyhow::Error::msg)?;
                         let remediation = alerts_remediation(&cfg, store).await?;
-                        let a = labops_engine::alerting::Alerting::start(lab.clone(), store.clone(), cfg.alerts.settings(), notify, remediation).await?;
+                        let a = labops_engine::alerting::Alerting::start(lab.clone(), store.clone(), cfg.alerts.settings(), notify.clone(), remediation).await?;
+                        if let Some(m) = &cfg.alerts.monitor {
+                            let watch = m.watch().map_err(anyhow::Error::msg)?;
+                            monitor = Some((a.clone(), watch, std::sync::Arc::new(notify)));
+                        }
                         Some((a, auth))
                     }
                     None => None,
@@ -376,6 +381,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // validation, documentation and their commit.
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let mut background = Vec::new();
+            if let Some((alerting, watch, notify)) = monitor {
+                background.push(tokio::spawn(labops_engine::monitor::run(alerting, watch, notify, stop_rx.clone())));
+            }
             if let Some(store) = lab.store() {
                 let changes = change_cmd::service(&cfg, store.clone()).await?;
                 let engine = changes.engine().clone();

@@ -194,3 +194,114 @@ fn node_exporter_down_opens_one_incident_and_coming_back_resolves_it() {
     let _ = prom_proc.0.kill();
     std::thread::sleep(Duration::from_millis(100));
 }
+
+/// Monitor the monitor: labops checks Prometheus (health, rule evaluation), Alertmanager and a
+/// scripted Grafana health endpoint; a rule that fails to evaluate, Grafana's database going
+/// bad and Alertmanager dying each become labops' own incident, sent at once through the backup
+/// channels (Home Assistant, the webhook), and the incident resolves when the check passes.
+#[test]
+fn the_monitoring_stack_is_watched_and_its_failures_reach_the_backup_channels() {
+    let (Some(prom), Some(am), Some(ne)) = (bin("prometheus"), bin("prometheus-alertmanager"), bin("prometheus-node-exporter")) else {
+        println!("\n*** SKIPPED TIER: monitor the monitor against real Prometheus/Alertmanager (install Debian's prometheus, prometheus-alertmanager and prometheus-node-exporter; scripts/test does) ***\n");
+        return;
+    };
+    let grafana_ok = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let g = grafana_ok.clone();
+    let (grafana, _) = endpoint(move |path| match (path, g.load(std::sync::atomic::Ordering::SeqCst)) {
+        ("/api/health", true) => (200, r#"{"commit":"abc","database":"ok","version":"12.1.0"}"#.into()),
+        ("/api/health", false) => (503, r#"{"commit":"abc","database":"failing","version":"12.1.0"}"#.into()),
+        _ => (404, "{}".into()),
+    });
+    let (ha, ha_got) = endpoint(|_| (200, "[]".into()));
+    let (hook, hook_got) = endpoint(|_| (200, "{}".into()));
+    let (labops_port, am_port, prom_port, ne_port) = (free_port(), free_port(), free_port(), free_port());
+    let pve = FakePve::reference();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = pve.config(
+        dir.path(),
+        &format!(
+            "\n[alerts]\ngroup_wait_seconds = 1\nwebhook_url = \"{hook}/hook\"\n[alerts.escalation]\ncritical = [\"dashboard@0\", \"home_assistant@0\"]\n[alerts.home_assistant]\nurl = \"{ha}\"\ntoken = \"ha-long-lived-token\"\nservice = \"notify.mobile_app_phone\"\n[alerts.monitor]\nprometheus_url = \"http://127.0.0.1:{prom_port}\"\nalertmanager_url = \"http://127.0.0.1:{am_port}\"\ngrafana_url = \"{grafana}\"\ninterval_seconds = 1\n"
+        ),
+    );
+    // The stack first, so labops finds it up.
+    let _exporter = node_exporter(&ne, ne_port);
+    let am_dir = dir.path().join("am");
+    std::fs::create_dir_all(&am_dir).unwrap();
+    std::fs::write(am_dir.join("alertmanager.yml"), "route:\n  receiver: none\nreceivers:\n  - name: none\n").unwrap();
+    let mut am_proc = spawn(
+        "alertmanager",
+        Command::new(&am).args([
+            &format!("--config.file={}", am_dir.join("alertmanager.yml").display()),
+            &format!("--storage.path={}", am_dir.join("data").display()),
+            &format!("--web.listen-address=127.0.0.1:{am_port}"),
+            "--cluster.listen-address=",
+        ]),
+    );
+    let p_dir = dir.path().join("prom");
+    std::fs::create_dir_all(&p_dir).unwrap();
+    // Two `up` series and a one-to-one match on nothing: the rule fails at every evaluation.
+    std::fs::write(p_dir.join("broken.yaml"), "groups:\n  - name: broken\n    rules:\n      - alert: BrokenJoin\n        expr: up * on() up\n").unwrap();
+    std::fs::write(
+        p_dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{ne_port}']\n  - job_name: prometheus\n    static_configs:\n      - targets: ['127.0.0.1:{prom_port}']\n",
+            rules = p_dir.join("broken.yaml").display()
+        ),
+    )
+    .unwrap();
+    let _prom = spawn(
+        "prometheus",
+        Command::new(&prom).args([
+            &format!("--config.file={}", p_dir.join("prometheus.yml").display()),
+            &format!("--storage.tsdb.path={}", p_dir.join("data").display()),
+            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        ]),
+    );
+    wait_port(am_port, "alertmanager");
+    wait_port(prom_port, "prometheus");
+    let served = Served::start_on(&cfg, labops_port);
+    let c = http();
+    let incidents = |all: bool| -> Vec<Value> {
+        let url = format!("{}/api/v1/incidents{}", served.base, if all { "?all=true" } else { "" });
+        c.get(url).bearer_auth(&served.token).send().unwrap().json().unwrap()
+    };
+    let by_title = |t: &str, all: bool| incidents(all).into_iter().find(|i| i["title"].as_str().unwrap_or("").contains(t));
+
+    // The broken rule: an incident, and a notice on both backup channels.
+    let rules = eventually(60, "a PrometheusRuleFailures incident", || by_title("PrometheusRuleFailures", false));
+    assert_eq!(rules["severity"], "critical");
+    eventually(20, "the backup notices", || {
+        let hook = hook_got.lock().unwrap().iter().any(|(_, b)| b["alert"] == "PrometheusRuleFailures" && b["message"].as_str().unwrap_or("").contains("BrokenJoin"));
+        let ha = ha_got.lock().unwrap().iter().any(|(p, b)| p == "/api/services/notify/mobile_app_phone" && b["title"].as_str().unwrap_or("").contains("PrometheusRuleFailures"));
+        (hook && ha).then_some(())
+    });
+    // The incident itself escalates per [alerts.escalation]: critical goes to Home Assistant at once.
+    let rid = rules["id"].as_i64().unwrap();
+    eventually(20, "the incident's Home Assistant notice", || {
+        ha_got.lock().unwrap().iter().any(|(_, b)| b["title"].as_str().unwrap_or("").starts_with(&format!("[CRITICAL] #{rid} "))).then_some(())
+    });
+    let n: Value = c.get(format!("{}/api/v1/incidents/{rid}", served.base)).bearer_auth(&served.token).send().unwrap().json().unwrap();
+    assert!(n["timeline"].as_array().unwrap().iter().any(|e| e["event"] == "escalated" && e["detail"]["channel"] == "home_assistant"), "{n}");
+    assert!(by_title("PrometheusDown", true).is_none(), "Prometheus itself is healthy");
+    assert!(by_title("AlertmanagerDown", true).is_none());
+
+    // Grafana's database fails, then recovers.
+    grafana_ok.store(false, std::sync::atomic::Ordering::SeqCst);
+    let g = eventually(30, "a GrafanaDown incident", || by_title("GrafanaDown", false));
+    let gid = g["id"].as_i64().unwrap();
+    eventually(20, "the Grafana notice", || hook_got.lock().unwrap().iter().any(|(_, b)| b["alert"] == "GrafanaDown").then_some(()));
+    grafana_ok.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(30, "GrafanaDown resolved", || {
+        let d: Value = c.get(format!("{}/api/v1/incidents/{gid}", served.base)).bearer_auth(&served.token).send().ok()?.json().ok()?;
+        (d["state"] == "resolved").then_some(())
+    });
+
+    // Alertmanager dies.
+    let _ = am_proc.0.kill();
+    let _ = am_proc.0.wait();
+    eventually(30, "an AlertmanagerDown incident", || by_title("AlertmanagerDown", false));
+    eventually(20, "the Alertmanager notice", || hook_got.lock().unwrap().iter().any(|(_, b)| b["alert"] == "AlertmanagerDown").then_some(()));
+    // Each problem was announced once, however many checks saw it.
+    let n = hook_got.lock().unwrap().iter().filter(|(_, b)| b["alert"] == "PrometheusRuleFailures").count();
+    assert_eq!(n, 1);
+}

@@ -31,7 +31,11 @@ pub fn free_port() -> u16 {
 impl Served {
     /// Starts `labops serve` on a free port and waits until it answers.
     pub fn start(config: &Path) -> Self {
-        let port = free_port();
+        Self::start_on(config, free_port())
+    }
+
+    /// Starts `labops serve` on `port` and waits until it answers.
+    pub fn start_on(config: &Path, port: u16) -> Self {
         let token = "test-token-0123456789abcdef".to_string();
         let child = labops()
             .args(["--config", config.to_str().unwrap(), "serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -116,4 +120,48 @@ pub fn gitops_repo(dir: &Path, seed: &[(&str, &str)]) -> String {
     git(&work, &["commit", "--quiet", "--allow-empty", "-m", "Start"]);
     git(&work, &["push", "--quiet", "origin", "main"]);
     format!("\n[gitops]\npath = \"{}\"\nremote = \"origin\"\nbranch = \"main\"\n", work.display())
+}
+
+/// A loopback HTTP endpoint for the tests: answers every request with `respond(path)` (status,
+/// JSON body) and keeps each request's path and JSON body.
+pub fn endpoint(respond: impl Fn(&str) -> (u16, String) + Send + Sync + 'static) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut req = None;
+            loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let len: usize = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())).and_then(|v| v.parse().ok()).unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        let n = s.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    req = Some((path, buf[end + 4..].to_vec()));
+                    break;
+                }
+            }
+            let Some((path, body)) = req else { continue };
+            g.lock().unwrap().push((path.clone(), serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)));
+            let (status, text) = respond(&path);
+            let _ = s.write_all(format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}", text.len()).as_bytes());
+        }
+    });
+    (base, got)
 }
