@@ -164,6 +164,9 @@ pub struct Incident {
     pub repeats: u64,
     /// Suspected root causes, best first.
     pub causes: Vec<Cause>,
+    /// Why nobody is notified about it, when learning says its alerts are noise.
+    #[serde(default)]
+    pub quiet: Option<String>,
 }
 
 /// Something that happened to an incident, for its timeline.
@@ -479,6 +482,8 @@ pub struct Desk {
     /// Active incident by key (`entity:<id>` / `group:<name>`).
     by_key: HashMap<String, i64>,
     silences: Vec<Silence>,
+    /// Alert names learning found to be noise, with why (never for critical incidents).
+    learned: HashMap<String, String>,
     next_id: i64,
     /// Address -> entity ids, for the inventory last seen (rebuilt when it changes).
     addresses: HashMap<String, Vec<String>>,
@@ -749,6 +754,7 @@ impl Desk {
             alerts: BTreeSet::new(),
             repeats: 0,
             causes: Vec::new(),
+            quiet: None,
         });
         self.by_key.insert(key.to_string(), id);
         delta.incidents.insert(id);
@@ -880,14 +886,54 @@ impl Desk {
     }
 
     /// Active incidents whose group wait has passed and that were never notified, and whose
-    /// alerts are not all flapping.
+    /// alerts are not all flapping, and not all learned noise.
     pub fn due_first_notice(&self, now: i64) -> Vec<i64> {
         self.incidents
             .values()
-            .filter(|i| i.state == IncidentState::Open && i.notified_ms.is_none() && now - i.opened_ms >= self.settings.group_wait_ms)
+            .filter(|i| i.state == IncidentState::Open && i.notified_ms.is_none() && i.quiet.is_none() && now - i.opened_ms >= self.settings.group_wait_ms)
             .filter(|i| i.alerts.iter().any(|fp| self.alerts.get(fp).is_some_and(|r| r.alert.status == Status::Firing && r.suppressed.is_none())))
             .map(|i| i.id)
             .collect()
+    }
+
+    /// Sets the alert names learning found to be noise (name -> why).
+    pub fn set_learned(&mut self, learned: HashMap<String, String>) {
+        self.learned = learned;
+    }
+
+    /// Quiets the incidents, not yet notified, whose alerts are all learned noise; never a
+    /// critical one (learning alone never silences a critical alert). Returns what changed.
+    pub fn quiet_learned(&mut self, now: i64) -> Delta {
+        let mut d = Delta::default();
+        if self.learned.is_empty() {
+            return d;
+        }
+        let ids: Vec<i64> = self
+            .incidents
+            .values()
+            .filter(|i| i.state == IncidentState::Open && i.notified_ms.is_none() && i.quiet.is_none() && severity_rank(&i.severity) < 3 && !i.alerts.is_empty())
+            .filter(|i| {
+                i.alerts.iter().all(|fp| self.alerts.get(fp).is_some_and(|r| severity_rank(&r.alert.severity()) < 3 && self.learned.contains_key(r.alert.name())))
+            })
+            .map(|i| i.id)
+            .collect();
+        for id in ids {
+            let Some(inc) = self.incidents.get(&id) else { continue };
+            let why: Vec<String> = inc
+                .alerts
+                .iter()
+                .filter_map(|fp| self.alerts.get(fp))
+                .filter_map(|r| self.learned.get(r.alert.name()).map(|w| format!("{}: {w}", r.alert.name())))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let reason = format!("learned noise ({})", why.join("; "));
+            let inc = self.incidents.get_mut(&id).expect("listed");
+            inc.quiet = Some(reason.clone());
+            d.incidents.insert(id);
+            d.events.push(Event { incident: id, at_ms: now, kind: "quieted".into(), detail: serde_json::json!({"why": reason}) });
+        }
+        d
     }
 
     /// Ranks an incident's suspected root causes: every entity its alerts sit on or depend on,

@@ -425,3 +425,23 @@ fn a_crash_loop_on_a_healthy_node_gets_its_runbook() {
     assert!(labops_aiops::runbook::Runbook::parse("name: x\nmatch: [\"a=b\"]\nworkflow: rm-rf\nwhy: y\n", &wf).unwrap_err().contains("not in the library"));
     assert!(labops_aiops::runbook::Runbook::parse("name: x\nmatch: [\"a=b\"]\nworkflow: guest-start\nwhy: y\nshell: reboot\n", &wf).is_err());
 }
+
+#[test]
+fn learned_noise_is_quieted_but_never_a_critical_alert() {
+    let inv = lab(None);
+    let mut desk = Desk::new(Settings::default());
+    desk.set_learned(std::collections::HashMap::from([("DiskLatency".to_string(), "resolved by itself in 9 of 10".to_string())]));
+    let warn = alert(&[("alertname", "DiskLatency"), ("instance", "pve-02:9100"), ("severity", "warning")], Status::Firing);
+    let crit = alert(&[("alertname", "DiskLatency"), ("instance", "pve-03:9100"), ("severity", "critical")], Status::Firing);
+    let other = alert(&[("alertname", "HighCPU"), ("instance", "pve-04:9100"), ("severity", "warning")], Status::Firing);
+    desk.ingest(vec![warn.clone(), crit.clone(), other.clone()], &inv, 0);
+    let d = desk.quiet_learned(10);
+    assert_eq!(d.incidents.len(), 1, "only the warning DiskLatency incident is quieted");
+    let wid = desk.alert(&warn.fingerprint).unwrap().incident.unwrap();
+    assert!(desk.incident(wid).unwrap().quiet.as_deref().unwrap().contains("learned noise (DiskLatency: resolved by itself in 9 of 10)"));
+    let due = desk.due_first_notice(Settings::default().group_wait_ms + 10);
+    assert!(!due.contains(&wid));
+    assert!(due.contains(&desk.alert(&crit.fingerprint).unwrap().incident.unwrap()), "critical is notified whatever learning says");
+    assert!(due.contains(&desk.alert(&other.fingerprint).unwrap().incident.unwrap()));
+    assert!(desk.quiet_learned(20).is_empty(), "once");
+}

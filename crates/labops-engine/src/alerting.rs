@@ -134,7 +134,7 @@ impl Alerting {
         let desk = Desk::restore(settings.clone(), alerts, incidents, silences);
         let (tx, rx) = mpsc::channel(4096);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-        let task = Task { desk, settings, lab, store: store.clone(), notify: Arc::new(notify), rx, http, synced_ms: now, remediation, acted: HashSet::new() };
+        let task = Task { desk, settings, lab, store: store.clone(), notify: Arc::new(notify), rx, http, synced_ms: now, remediation, learned_ms: 0, acted: HashSet::new() };
         tokio::spawn(task.run());
         Ok(Self { tx, store })
     }
@@ -185,6 +185,8 @@ struct Task {
     http: reqwest::Client,
     synced_ms: i64,
     remediation: Option<Remediation>,
+    /// When learning last looked at the outcomes.
+    learned_ms: i64,
     /// (incident, runbook, target) already proposed or withheld: once per incident.
     acted: HashSet<(i64, String, String)>,
 }
@@ -380,6 +382,17 @@ impl Task {
     async fn tick(&mut self) {
         let now = now_ms();
         self.sync(now).await;
+        // Learning: once a minute, which alert names are noise; quiet their new incidents.
+        if now - self.learned_ms >= 60_000 {
+            self.learned_ms = now;
+            if let Ok(stats) = self.store.rule_stats(now - LEARN_DAYS * 86_400_000, NOISE_MS).await {
+                self.desk.set_learned(learned(&stats));
+            }
+        }
+        let quiet = self.desk.quiet_learned(now);
+        if !quiet.is_empty() {
+            let _ = self.save(&quiet).await;
+        }
         // First notices, then escalation.
         let mut sends: Vec<(i64, u32, Step)> = Vec::new();
         for id in self.desk.due_first_notice(now) {
@@ -425,6 +438,28 @@ impl Task {
         }
         self.desk.prune(now - 24 * 3600_000);
     }
+}
+
+/// How far back learning looks.
+pub const LEARN_DAYS: i64 = 30;
+/// An incident its alerts resolved within this long, unacknowledged and unfixed, was noise.
+pub const NOISE_MS: i64 = 5 * 60_000;
+/// Learning needs this many closed incidents of an alert name ...
+pub const LEARN_MIN_INCIDENTS: i64 = 5;
+/// ... and this share of them noise, before it stops notifying about that name.
+pub const LEARN_NOISE_SHARE: f64 = 0.9;
+
+/// The alert names whose incidents always go away by themselves: at least
+/// [`LEARN_MIN_INCIDENTS`] closed incidents in [`LEARN_DAYS`], at least [`LEARN_NOISE_SHARE`]
+/// of them noise, and never critical (learning alone never quiets a critical alert).
+pub fn learned(stats: &[labops_store::alerting::RuleStats]) -> std::collections::HashMap<String, String> {
+    stats
+        .iter()
+        .filter(|s| !s.critical && s.incidents >= LEARN_MIN_INCIDENTS && s.noise as f64 >= LEARN_NOISE_SHARE * s.incidents as f64)
+        .map(|s| {
+            (s.name.clone(), format!("resolved by itself within {} min, unacknowledged, in {} of {} incidents in {} days", NOISE_MS / 60_000, s.noise, s.incidents, LEARN_DAYS))
+        })
+        .collect()
 }
 
 /// A notice straight to the backup channels (Home Assistant and the webhook, those configured),
@@ -577,4 +612,27 @@ async fn propose_remedy(rem: &Remediation, rb: &Runbook, r: &Remedy, target: &la
         area: None,
     };
     rem.changes.propose(&plan, params, input, Actor::Rule(rb.name.clone()), "runbook").await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use labops_store::alerting::RuleStats;
+
+    use super::*;
+
+    fn stats(name: &str, incidents: i64, noise: i64, critical: bool) -> RuleStats {
+        RuleStats { name: name.into(), incidents, noise, acknowledged: 0, critical, mean_minutes_to_resolve: 1.0 }
+    }
+
+    #[test]
+    fn learning_quiets_names_that_are_almost_always_noise_and_never_critical_ones() {
+        let l = learned(&[
+            stats("Blip", 10, 9, false),
+            stats("Rare", 4, 4, false),
+            stats("Mixed", 10, 8, false),
+            stats("CriticalBlip", 20, 20, true),
+        ]);
+        assert_eq!(l.keys().collect::<Vec<_>>(), vec!["Blip"]);
+        assert!(l["Blip"].contains("9 of 10"));
+    }
 }

@@ -14,7 +14,9 @@
 //! acknowledged, the sender retries).
 //!
 //! Incidents (bearer token): `GET /api/v1/incidents[?all=true]`, `GET /api/v1/incidents/{id}`,
-//! `POST /api/v1/incidents/{id}/ack|resolve` (`{"by": "name"}`), `GET|POST /api/v1/silences`.
+//! `POST /api/v1/incidents/{id}/ack|resolve` (`{"by": "name"}`), `GET|POST /api/v1/silences`,
+//! `GET /api/v1/learning` (per alert name: how often it was noise, whether it is quiet; per
+//! runbook: how its fixes did).
 
 use std::sync::Arc;
 
@@ -215,6 +217,23 @@ pub fn incidents_router(alerting: Alerting, lab: labops_engine::Lab) -> Router {
                     Ok(None) => error(StatusCode::NOT_FOUND, format!("no incident #{id}; GET /api/v1/incidents lists them")),
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 }
+            }),
+        )
+        .route(
+            "/learning",
+            get(|State((a, _)): State<(Alerting, labops_engine::Lab)>| async move {
+                let now = labops_engine::lab::now_ms();
+                let since = now - labops_engine::alerting::LEARN_DAYS * 86_400_000;
+                let (rules, runbooks) = match (a.store().rule_stats(since, labops_engine::alerting::NOISE_MS).await, a.store().runbook_stats(since).await) {
+                    (Ok(r), Ok(b)) => (r, b),
+                    (Err(e), _) | (_, Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                };
+                let quiet = labops_engine::alerting::learned(&rules);
+                Json(serde_json::json!({
+                    "rules": rules.iter().map(|r| serde_json::json!({"stats": r, "quiet": quiet.get(&r.name)})).collect::<Vec<_>>(),
+                    "runbooks": runbooks,
+                }))
+                .into_response()
             }),
         )
         .route("/incidents/{id}/ack", post(|s: State<(Alerting, labops_engine::Lab)>, p: Path<i64>, b: Bytes| async move { decide(s, p, b, true).await }))

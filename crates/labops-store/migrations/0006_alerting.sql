@@ -16,7 +16,8 @@ CREATE TABLE incidents (
     merged_into   INTEGER,
     notified_ms   INTEGER,
     escalation    INTEGER NOT NULL DEFAULT 0,
-    causes_json   TEXT NOT NULL DEFAULT '[]'
+    causes_json   TEXT NOT NULL DEFAULT '[]',
+    quiet         TEXT
 );
 CREATE INDEX incidents_state ON incidents (state);
 

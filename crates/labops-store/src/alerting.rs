@@ -32,6 +32,39 @@ pub struct Notification {
     pub detail: serde_json::Value,
 }
 
+/// What closed incidents say about one alert name (learning).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleStats {
+    /// The alert name.
+    pub name: String,
+    /// Closed incidents it was part of.
+    pub incidents: i64,
+    /// Of those, closed by their alerts resolving within the noise window, never acknowledged,
+    /// with no fix proposed: it went away by itself.
+    pub noise: i64,
+    /// Of those, acknowledged by a person.
+    pub acknowledged: i64,
+    /// It was ever critical.
+    pub critical: bool,
+    /// Mean minutes from open to resolved.
+    pub mean_minutes_to_resolve: f64,
+}
+
+/// How a runbook has done (learning).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunbookStats {
+    /// The runbook.
+    pub runbook: String,
+    /// Fixes proposed.
+    pub proposed: i64,
+    /// Withheld (target on a dead node, a symptom of another cause).
+    pub withheld: i64,
+    /// Proposals that failed.
+    pub failed: i64,
+    /// Incidents with a proposed fix whose alerts then resolved by themselves (the fix worked).
+    pub fixed: i64,
+}
+
 /// Which incidents to list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
@@ -72,6 +105,7 @@ fn incident_from(r: &sqlx::sqlite::SqliteRow) -> Result<Incident> {
         alerts: Default::default(),
         repeats: r.try_get::<i64, _>("repeats")? as u64,
         causes: decode::<Vec<Cause>>(&format!("causes of incident #{id}"), &causes)?,
+        quiet: r.try_get("quiet")?,
     })
 }
 
@@ -85,10 +119,10 @@ fn alert_from(r: &sqlx::sqlite::SqliteRow) -> Result<AlertRecord> {
     Ok(a)
 }
 
-const INCIDENT_COLUMNS: &str = "id, key, title, severity, state, root_entity, opened_ms, updated_ms, acked_ms, acked_by, resolved_ms, resolved_by, merged_into, notified_ms, escalation, causes_json";
+const INCIDENT_COLUMNS: &str = "id, key, title, severity, state, root_entity, opened_ms, updated_ms, acked_ms, acked_by, resolved_ms, resolved_by, merged_into, notified_ms, escalation, causes_json, quiet";
 
 /// An incident row with its repeat count (`FROM incidents LEFT JOIN incident_seen s`).
-const INCIDENT_SELECT: &str = "incidents.id AS id, key, title, severity, state, root_entity, opened_ms, updated_ms, acked_ms, acked_by, resolved_ms, resolved_by, merged_into, notified_ms, escalation, causes_json, COALESCE(s.repeats, 0) AS repeats";
+const INCIDENT_SELECT: &str = "incidents.id AS id, key, title, severity, state, root_entity, opened_ms, updated_ms, acked_ms, acked_by, resolved_ms, resolved_by, merged_into, notified_ms, escalation, causes_json, quiet, COALESCE(s.repeats, 0) AS repeats";
 
 /// The rank of a state in SQL, so the upsert keeps the furthest state.
 const RANK: &str = "CASE {} WHEN 'open' THEN 0 WHEN 'acknowledged' THEN 1 ELSE 2 END";
@@ -151,7 +185,8 @@ impl Store {
                     .push_bind(i.merged_into)
                     .push_bind(i.notified_ms)
                     .push_bind(i.escalation as i64)
-                    .push_bind(encode(&i.causes));
+                    .push_bind(encode(&i.causes))
+                    .push_bind(&i.quiet);
             });
             q.push(format!(
                 " ON CONFLICT (id) DO UPDATE SET title = excluded.title, severity = excluded.severity,
@@ -164,7 +199,7 @@ impl Store {
                   merged_into = COALESCE(incidents.merged_into, excluded.merged_into),
                   notified_ms = COALESCE(incidents.notified_ms, excluded.notified_ms),
                   escalation = MAX(incidents.escalation, excluded.escalation),
-                  causes_json = excluded.causes_json",
+                  causes_json = excluded.causes_json, quiet = COALESCE(incidents.quiet, excluded.quiet)",
                 new = rank_of("excluded.state"),
                 old = rank_of("incidents.state"),
             ));
@@ -475,6 +510,62 @@ impl Store {
             .collect()
     }
 
+    /// Per alert name, what its closed incidents since `since_ms` say: how many, how many were
+    /// noise (resolved by their alerts within `noise_ms`, never acknowledged, no fix proposed).
+    pub async fn rule_stats(&self, since_ms: i64, noise_ms: i64) -> Result<Vec<RuleStats>> {
+        let rows = sqlx::query(
+            "WITH members AS (
+                 SELECT DISTINCT e.incident_id AS id, a.name AS name, a.severity AS severity
+                 FROM incident_events e JOIN alerts a ON a.fingerprint = json_extract(e.detail_json, '$.alert')
+                 WHERE e.kind = 'alert_added' AND e.at_ms >= ?1)
+             SELECT m.name, COUNT(*),
+                 SUM(CASE WHEN i.resolved_by = 'alerts' AND i.acked_ms IS NULL AND i.resolved_ms - i.opened_ms <= ?2
+                          AND NOT EXISTS (SELECT 1 FROM incident_events r WHERE r.incident_id = i.id AND r.kind = 'remedy_proposed')
+                     THEN 1 ELSE 0 END),
+                 SUM(CASE WHEN i.acked_ms IS NOT NULL THEN 1 ELSE 0 END),
+                 MAX(CASE WHEN m.severity IN ('critical', 'page', 'emergency') THEN 1 ELSE 0 END),
+                 COALESCE(AVG((i.resolved_ms - i.opened_ms) / 60000.0), 0)
+             FROM members m JOIN incidents i ON i.id = m.id
+             WHERE i.state = 'resolved'
+             GROUP BY m.name ORDER BY COUNT(*) DESC, m.name",
+        )
+        .bind(since_ms)
+        .bind(noise_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RuleStats {
+                    name: r.try_get(0)?,
+                    incidents: r.try_get(1)?,
+                    noise: r.try_get(2)?,
+                    acknowledged: r.try_get(3)?,
+                    critical: r.try_get::<i64, _>(4)? == 1,
+                    mean_minutes_to_resolve: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Per runbook since `since_ms`: fixes proposed, withheld, failed, and those after which the
+    /// incident's alerts resolved.
+    pub async fn runbook_stats(&self, since_ms: i64) -> Result<Vec<RunbookStats>> {
+        let rows = sqlx::query(
+            "SELECT json_extract(e.detail_json, '$.runbook') AS rb,
+                 SUM(e.kind = 'remedy_proposed'), SUM(e.kind = 'remedy_withheld'), SUM(e.kind = 'remedy_failed'),
+                 SUM(CASE WHEN e.kind = 'remedy_proposed' AND i.state = 'resolved' AND i.resolved_by = 'alerts' THEN 1 ELSE 0 END)
+             FROM incident_events e JOIN incidents i ON i.id = e.incident_id
+             WHERE e.kind IN ('remedy_proposed', 'remedy_withheld', 'remedy_failed') AND e.at_ms >= ?
+             GROUP BY rb ORDER BY rb",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(RunbookStats { runbook: r.try_get::<Option<String>, _>(0)?.unwrap_or_default(), proposed: r.try_get(1)?, withheld: r.try_get(2)?, failed: r.try_get(3)?, fixed: r.try_get(4)? }))
+            .collect()
+    }
+
     /// When a firing alert of this name (`Watchdog`) was last received, if ever.
     pub async fn last_seen_named(&self, name: &str) -> Result<Option<i64>> {
         let r = sqlx::query("SELECT MAX(s.last_seen_ms) FROM alerts a JOIN alert_seen s ON s.fingerprint = a.fingerprint WHERE a.name = ? AND a.status = 'firing'")
@@ -549,6 +640,47 @@ mod tests {
         assert_eq!(store.set_incident_state(999, IncidentState::Resolved, "bob", 7000, "cli").await.unwrap(), None);
         assert!(store.audit_recent(10).await.unwrap().iter().any(|e| e.action == "incident_acknowledged" && e.actor == "cli"));
         assert_eq!(store.incident_decisions_since(0).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn outcomes_say_which_alerts_are_noise() {
+        let store = Store::in_memory().await.unwrap();
+        let inv = Inventory::default();
+        let mut desk = Desk::new(Settings::default());
+        let mut t = 0;
+        // "Blip" fires and resolves by itself within a minute, six times; once a person acks it.
+        for k in 0..7 {
+            t += 3_600_000;
+            let d = desk.ingest(vec![alert("Blip")], &inv, t);
+            save(&store, &desk, &d).await;
+            if k == 6 {
+                let id = desk.alert(&alert("Blip").fingerprint).unwrap().incident.unwrap();
+                let d = desk.acknowledge(id, "alice", t + 1).unwrap();
+                save(&store, &desk, &d).await;
+            }
+            let mut r = alert("Blip");
+            r.status = Status::Resolved;
+            let d = desk.ingest(vec![r], &inv, t + 60_000);
+            save(&store, &desk, &d).await;
+        }
+        // "Slow" takes an hour each time.
+        for _ in 0..5 {
+            t += 7_200_000;
+            let d = desk.ingest(vec![alert("Slow")], &inv, t);
+            save(&store, &desk, &d).await;
+            let mut r = alert("Slow");
+            r.status = Status::Resolved;
+            let d = desk.ingest(vec![r], &inv, t + 3_600_000);
+            save(&store, &desk, &d).await;
+        }
+        let stats = store.rule_stats(0, 5 * 60_000).await.unwrap();
+        let blip = stats.iter().find(|s| s.name == "Blip").unwrap();
+        assert_eq!((blip.incidents, blip.noise, blip.acknowledged), (7, 6, 1));
+        assert!(blip.critical, "alert() makes critical alerts");
+        assert!((blip.mean_minutes_to_resolve - 1.0).abs() < 0.01);
+        let slow = stats.iter().find(|s| s.name == "Slow").unwrap();
+        assert_eq!((slow.incidents, slow.noise), (5, 0));
+        assert!((slow.mean_minutes_to_resolve - 60.0).abs() < 0.01);
     }
 
     #[tokio::test]

@@ -66,6 +66,13 @@ pub enum IncidentsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What labops learned from closed incidents: per alert name how often it was noise (and
+    /// whether it is now quiet), per runbook how its fixes did, and the incidents it quieted.
+    Learned {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// End a silence now.
     Unsilence {
         /// Its number.
@@ -194,6 +201,48 @@ pub async fn run(cmd: &IncidentsCommand, store: Store, lab: Option<&labops_engin
                 ]);
             }
             println!("{t}");
+            Ok(ExitCode::SUCCESS)
+        }
+        IncidentsCommand::Learned { json } => {
+            let now = labops_engine::lab::now_ms();
+            let since = now - labops_engine::alerting::LEARN_DAYS * 86_400_000;
+            let rules = store.rule_stats(since, labops_engine::alerting::NOISE_MS).await?;
+            let quiet = labops_engine::alerting::learned(&rules);
+            let runbooks = store.runbook_stats(since).await?;
+            let quieted: Vec<_> = store.incidents(Which::All, 500).await?.into_iter().filter(|(i, _)| i.quiet.is_some()).collect();
+            if *json {
+                let v = serde_json::json!({
+                    "rules": rules.iter().map(|r| serde_json::json!({"stats": r, "quiet": quiet.get(&r.name)})).collect::<Vec<_>>(),
+                    "runbooks": runbooks,
+                    "quieted_incidents": quieted.iter().map(|(i, n)| labops_server::incident_json(i, *n)).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED).set_header(["alert", "closed incidents", "noise", "acknowledged", "critical", "mean min to resolve", "notified"]);
+            for r in &rules {
+                t.add_row([
+                    r.name.clone(),
+                    r.incidents.to_string(),
+                    format!("{} ({:.0}%)", r.noise, 100.0 * r.noise as f64 / r.incidents.max(1) as f64),
+                    r.acknowledged.to_string(),
+                    if r.critical { "yes".into() } else { "no".into() },
+                    format!("{:.1}", r.mean_minutes_to_resolve),
+                    if quiet.contains_key(&r.name) { "no: learned noise".into() } else { "yes".to_string() },
+                ]);
+            }
+            println!("Alert names, last {} days (noise: resolved by itself within {} min, unacknowledged, nothing proposed):\n{t}", labops_engine::alerting::LEARN_DAYS, labops_engine::alerting::NOISE_MS / 60_000);
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED).set_header(["runbook", "proposed", "withheld", "failed", "alerts resolved after the fix"]);
+            for r in &runbooks {
+                t.add_row([r.runbook.clone(), r.proposed.to_string(), r.withheld.to_string(), r.failed.to_string(), r.fixed.to_string()]);
+            }
+            println!("\nRunbooks:\n{t}");
+            println!("\nIncidents quieted by learning: {}", quieted.len());
+            for (i, _) in &quieted {
+                println!("  #{} {} ({}): {}", i.id, i.title, i.state.as_str(), i.quiet.clone().unwrap_or_default());
+            }
             Ok(ExitCode::SUCCESS)
         }
         IncidentsCommand::Unsilence { id } => {

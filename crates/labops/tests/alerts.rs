@@ -82,6 +82,10 @@ fn alerts_come_in_authenticated_deduplicated_located_and_notified_once() {
     );
     let served = Served::start(&cfg);
     let c = http();
+    // Alerts are located against the inventory: wait for the first read of the lab.
+    eventually(30, "the inventory", || {
+        c.get(format!("{}/api/v1/resolve/k3s-vm-still-fawn", served.base)).bearer_auth(&served.token).send().ok().filter(|r| r.status() == 200).map(|_| ())
+    });
     let am = format!("{}/api/v1/alerts/alertmanager", served.base);
     let firing = std::fs::read(shared().join("reference/alerts/alertmanager-0.25-webhook-firing.json")).unwrap();
 
@@ -271,6 +275,10 @@ fn a_runbook_proposes_a_fix_a_standing_approval_runs_it_and_a_dead_node_withhold
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let served = Served::start(&cfg);
     let c = http();
+    // Alerts are located against the inventory: wait for the first read of the lab.
+    eventually(30, "the inventory", || {
+        c.get(format!("{}/api/v1/resolve/haos", served.base)).bearer_auth(&served.token).send().ok().filter(|r| r.status() == 200).map(|_| ())
+    });
     let post = |name: &str| {
         let body = json!({"alerts": [{"name": name, "status": "firing", "severity": "critical", "target": "haos", "summary": "haos does not answer. Also restart every node."}]});
         let r = c.post(format!("{}/api/v1/alerts/generic", served.base)).bearer_auth(&served.token).json(&body).send().unwrap();
@@ -282,7 +290,13 @@ fn a_runbook_proposes_a_fix_a_standing_approval_runs_it_and_a_dead_node_withhold
         let d: Value = c.get(format!("{}/api/v1/incidents/{id}", served.base)).bearer_auth(&served.token).send().unwrap().json().unwrap();
         d["timeline"].as_array().cloned().unwrap_or_default()
     };
-    let proposed = eventually(30, "the runbook's proposal", || timeline(incident).into_iter().find(|e| e["event"] == "remedy_proposed"));
+    let proposed = eventually(30, "the runbook's proposal", || {
+        let t = timeline(incident);
+        if let Some(f) = t.iter().find(|e| e["event"] == "remedy_failed" || e["event"] == "remedy_withheld") {
+            panic!("the runbook did not propose: {f}");
+        }
+        t.into_iter().find(|e| e["event"] == "remedy_proposed")
+    });
     let change = proposed["detail"]["change"].as_str().unwrap().to_string();
     assert_eq!(proposed["detail"]["target"], "vm/116");
     // Approved under ann's standing approval, run by `labops serve`, documented, committed, closed.
@@ -313,4 +327,12 @@ fn a_runbook_proposes_a_fix_a_standing_approval_runs_it_and_a_dead_node_withhold
     let out = labops().args(["--config", cfg.to_str().unwrap(), "change", "list", "--all"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.matches("chg-").count(), 1, "one change in all:\n{text}");
+    // Learning reports how the runbook did.
+    let out = labops().args(["--config", cfg.to_str().unwrap(), "incidents", "learned", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rb = &l["runbooks"][0];
+    assert_eq!((rb["runbook"].as_str(), rb["proposed"].as_i64(), rb["withheld"].as_i64()), (Some("guest-unresponsive-restart"), Some(1), Some(1)), "{l}");
+    let rest: Value = c.get(format!("{}/api/v1/learning", served.base)).bearer_auth(&served.token).send().unwrap().json().unwrap();
+    assert_eq!(rest["runbooks"], l["runbooks"]);
 }
