@@ -7,6 +7,8 @@
 //! - [`desk`]: dedup by fingerprint into incidents, topology-aware correlation over the
 //!   inventory's links (symptoms fold into their failed node's incident), root causes ranked
 //!   with evidence, silences and maintenance windows, flapping.
+//! - [`nab`]: the Numenta Anomaly Benchmark's scoring (issue #7): probation, windows weighted by
+//!   a scaled sigmoid, one threshold for the corpus found in one sweep.
 //! - [`runbook`]: rules on alert labels that name a library workflow and its target; withheld
 //!   when the target sits on a machine that is down.
 //!
@@ -15,4 +17,5 @@
 
 pub mod desk;
 pub mod intake;
+pub mod nab;
 pub mod runbook;

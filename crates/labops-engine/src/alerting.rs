@@ -589,13 +589,21 @@ async fn propose_remedy(rem: &Remediation, rb: &Runbook, r: &Remedy, target: &la
     let values = labops_ai::agent::target_values(target, &choice).into_iter().collect();
     let plan = labops_core::workflow::plan(&w, &values).map_err(|e| format!("{} cannot be planned for {}: {e}", r.workflow, target.id))?;
     let params = serde_json::to_value(&plan.parameters).unwrap_or_default();
+    // The runbook's record so far, for the human who approves (its confidence).
+    let record = match rem.changes.engine().store().runbook_stats(now_ms() - LEARN_DAYS * 86_400_000).await {
+        Ok(stats) => match stats.iter().find(|s| s.runbook == rb.name) {
+            Some(s) if s.proposed > 0 => format!("; its record over {LEARN_DAYS} days: {} fix(es) proposed, the alerts resolved after {} of them", s.proposed, s.fixed),
+            _ => "; it has no record yet".to_string(),
+        },
+        Err(_) => String::new(),
+    };
     let input = ProposalInput {
         title: format!("{}: {} {} (incident #{})", rb.name, r.workflow, target.qualified_name(), r.incident),
         analysis: Analysis {
             what: format!("Run the workflow {} on {} ({}).", r.workflow, target.qualified_name(), target.id),
             why: format!("Alert {alert} matched runbook {}: {}", rb.name, rb.why),
             risk: RiskLevel::Low,
-            risk_notes: "proposed by a runbook on the alert's labels; the target's node was up when it was proposed".into(),
+            risk_notes: format!("proposed by a runbook on the alert's labels; the target's node was up when it was proposed{record}"),
             blast_radius: Vec::new(),
             rollback_plan: Vec::new(),
             manual_steps: Vec::new(),

@@ -88,5 +88,21 @@ pub fn incident_detail_json((i, alerts, events): &(Incident, Vec<AlertRecord>, V
         })
         .collect();
     v["timeline"] = events.iter().map(|e| serde_json::json!({"at": time(e.at_ms), "event": e.kind, "detail": e.detail})).collect();
+    // What labops proposes to do about it: runbook fixes (a change awaiting approval, or run under
+    // a standing approval) and those withheld, with why.
+    v["proposed_actions"] = events
+        .iter()
+        .filter(|e| e.kind.starts_with("remedy_"))
+        .map(|e| {
+            serde_json::json!({
+                "at": time(e.at_ms),
+                "outcome": e.kind.trim_start_matches("remedy_"),
+                "runbook": e.detail.get("runbook"),
+                "target": e.detail.get("target"),
+                "change": e.detail.get("change"),
+                "why": e.detail.get("why"),
+            })
+        })
+        .collect();
     v
 }

@@ -299,6 +299,9 @@ fn a_runbook_proposes_a_fix_a_standing_approval_runs_it_and_a_dead_node_withhold
     });
     let change = proposed["detail"]["change"].as_str().unwrap().to_string();
     assert_eq!(proposed["detail"]["target"], "vm/116");
+    let d: Value = c.get(format!("{}/api/v1/incidents/{incident}", served.base)).bearer_auth(&served.token).send().unwrap().json().unwrap();
+    assert_eq!(d["proposed_actions"][0]["outcome"], "proposed", "{d}");
+    assert_eq!(d["proposed_actions"][0]["change"], change.as_str());
     // Approved under ann's standing approval, run by `labops serve`, documented, committed, closed.
     let shown = eventually(60, "the change closed", || {
         let out = labops().args(["--config", cfg.to_str().unwrap(), "change", "show", &change, "--json"]).output().ok()?;
