@@ -7,6 +7,8 @@
 //! - [`desk`]: dedup by fingerprint into incidents, topology-aware correlation over the
 //!   inventory's links (symptoms fold into their failed node's incident), root causes ranked
 //!   with evidence, silences and maintenance windows, flapping.
+//! - [`detect`]: the streaming anomaly detector (issue #7, first version): a baseline per series
+//!   and an anomaly likelihood over its surprises.
 //! - [`nab`]: the Numenta Anomaly Benchmark's scoring (issue #7): probation, windows weighted by
 //!   a scaled sigmoid, one threshold for the corpus found in one sweep.
 //! - [`runbook`]: rules on alert labels that name a library workflow and its target; withheld
@@ -16,6 +18,7 @@
 //! server's.
 
 pub mod desk;
+pub mod detect;
 pub mod intake;
 pub mod nab;
 pub mod runbook;

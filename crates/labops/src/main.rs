@@ -6,6 +6,7 @@ mod ask_cmd;
 mod change_cmd;
 mod config;
 mod incidents_cmd;
+mod nab_cmd;
 mod render;
 mod runs_cmd;
 mod workflow_cmd;
@@ -239,6 +240,26 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The anomaly detector over the Numenta Anomaly Benchmark: one NAB result file per series
+    /// (`DIR/<category>/labops_<series>.csv`), and the score per profile by NAB's rules. Needs
+    /// no lab and no config.
+    Nab {
+        /// NAB's data directory (`<category>/<series>.csv`).
+        #[arg(long)]
+        data: PathBuf,
+        /// NAB's `combined_windows.json`.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Where to write the result files.
+        #[arg(long)]
+        out: PathBuf,
+        /// NAB's `profiles.json` (default: beside the data directory).
+        #[arg(long)]
+        profiles: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -246,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init { path, force } => return init(path.clone(), *force),
         Command::Workflow { command } if !command.needs_state() => return workflow_cmd::run(command),
         Command::Config { command: ConfigCommand::Validate } => return validate(cli.config.as_deref()),
+        Command::Bench { command: BenchCommand::Nab { data, labels, out, profiles, json } } => return nab_cmd::run(data, labels, out, profiles.as_deref(), *json),
         _ => {}
     }
     let loaded = config::load(cli.config.as_deref());
@@ -324,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = lab.store().context("`labops ask` needs the state database")?.clone();
             ask_cmd::ask(&cfg, store, &lab, &text, &docs, hard, json).await?
         }
+        Command::Bench { command: BenchCommand::Nab { .. } } => unreachable!("handled above"),
         Command::Bench { command: BenchCommand::Eval { cases, model, limit, json } } => {
             let store = lab.store().context("`labops bench eval` needs the state database")?.clone();
             ask_cmd::eval(&cfg, store, &lab, &cases, &model, limit, json).await?
