@@ -4,53 +4,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-
-/// A webhook receiver on loopback: collects every request body, answers 200.
-fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let body = loop {
-                let n = s.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-                    while buf.len() < end + 4 + len {
-                        let n = s.read(&mut chunk).unwrap_or(0);
-                        if n == 0 {
-                            break;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    break Some(buf[end + 4..].to_vec());
-                }
-            };
-            if let Some(b) = body {
-                if let Ok(v) = serde_json::from_slice(&b) {
-                    g.lock().unwrap().push(v);
-                }
-            }
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (url, got)
-}
 
 fn sign(secret: &str, body: &[u8]) -> String {
     let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
@@ -72,7 +30,8 @@ fn incidents(cfg: &std::path::Path, all: bool) -> Vec<Value> {
 fn alerts_come_in_authenticated_deduplicated_located_and_notified_once() {
     let pve = FakePve::reference();
     let dir = tempfile::tempdir().unwrap();
-    let (hook, got) = receiver();
+    let (base, got) = endpoint(|_| (200, "{}".into()));
+    let hook = format!("{base}/hook");
     let secret = "grafana-hmac-secret-for-tests";
     let cfg = pve.config(
         dir.path(),
@@ -157,11 +116,11 @@ fn alerts_come_in_authenticated_deduplicated_located_and_notified_once() {
     // One notice for the critical incident at the webhook, however many repeats.
     let first = eventually(15, "the webhook notice", || {
         let g = got.lock().unwrap();
-        g.iter().find(|n| n["incident"] == vm_id).cloned()
+        g.iter().map(|(_, n)| n).find(|n| n["incident"] == vm_id).cloned()
     });
     assert!(first["title"].as_str().unwrap().contains("VMDiskFull"), "{first}");
     std::thread::sleep(std::time::Duration::from_secs(3));
-    assert_eq!(got.lock().unwrap().iter().filter(|n| n["incident"] == vm_id).count(), 1, "notified once");
+    assert_eq!(got.lock().unwrap().iter().filter(|(_, n)| n["incident"] == vm_id).count(), 1, "notified once");
 
     // The detail: alerts with the sender's text kept as data, timeline, causes.
     let d: Value = c.get(format!("{}/api/v1/incidents/{vm_id}", served.base)).bearer_auth(&served.token).send().unwrap().json().unwrap();

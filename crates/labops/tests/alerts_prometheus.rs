@@ -65,6 +65,39 @@ fn node_exporter(exe: &Path, port: u16) -> Proc {
     )
 }
 
+/// Alertmanager on `port` with `config` (its YAML), state under `dir`; waits until it listens.
+fn alertmanager(exe: &Path, dir: &Path, port: u16, config: &str) -> Proc {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("alertmanager.yml"), config).unwrap();
+    let p = spawn(
+        "alertmanager",
+        Command::new(exe).args([
+            &format!("--config.file={}", dir.join("alertmanager.yml").display()),
+            &format!("--storage.path={}", dir.join("data").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--cluster.listen-address=",
+        ]),
+    );
+    wait_port(port, "alertmanager");
+    p
+}
+
+/// Prometheus on `port` with `config` (its YAML), data under `dir`; waits until it listens.
+fn prometheus(exe: &Path, dir: &Path, port: u16, config: &str) -> Proc {
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let p = spawn(
+        "prometheus",
+        Command::new(exe).args([
+            &format!("--config.file={}", dir.join("prometheus.yml").display()),
+            &format!("--storage.tsdb.path={}", dir.join("data").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--rules.alert.resend-delay=1s",
+        ]),
+    );
+    wait_port(port, "prometheus");
+    p
+}
+
 #[test]
 fn node_exporter_down_opens_one_incident_and_coming_back_resolves_it() {
     let (Some(prom), Some(am), Some(ne)) = (bin("prometheus"), bin("prometheus-alertmanager"), bin("prometheus-node-exporter")) else {
@@ -84,26 +117,15 @@ fn node_exporter_down_opens_one_incident_and_coming_back_resolves_it() {
 
     // Alertmanager, sending every group to labops' webhook with the server token.
     let am_port = free_port();
-    let am_dir = dir.path().join("am");
-    std::fs::create_dir_all(&am_dir).unwrap();
-    std::fs::write(
-        am_dir.join("alertmanager.yml"),
-        format!(
+    let _am = alertmanager(
+        &am,
+        &dir.path().join("am"),
+        am_port,
+        &format!(
             "route:\n  receiver: labops\n  group_by: [alertname, instance]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: labops\n    webhook_configs:\n      - url: http://127.0.0.1:{labops_port}/api/v1/alerts/alertmanager\n        send_resolved: true\n        http_config:\n          authorization:\n            credentials: {token}\n",
             token = served.token
         ),
-    )
-    .unwrap();
-    let _am = spawn(
-        "alertmanager",
-        Command::new(&am).args([
-            &format!("--config.file={}", am_dir.join("alertmanager.yml").display()),
-            &format!("--storage.path={}", am_dir.join("data").display()),
-            &format!("--web.listen-address=127.0.0.1:{am_port}"),
-            "--cluster.listen-address=",
-        ]),
     );
-    wait_port(am_port, "alertmanager");
 
     // Prometheus: the homelab's rules plus TargetDown; alerts to Alertmanager and to labops.
     let p_dir = dir.path().join("prom");
@@ -125,25 +147,16 @@ fn node_exporter_down_opens_one_incident_and_coming_back_resolves_it() {
     .unwrap();
     rule_files.push(p_dir.join("target-down.yaml"));
     let prom_port = free_port();
-    std::fs::write(
-        p_dir.join("prometheus.yml"),
-        format!(
+    let mut prom_proc = prometheus(
+        &prom,
+        &p_dir,
+        prom_port,
+        &format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{rules}alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n    - static_configs:\n        - targets: ['127.0.0.1:{labops_port}']\n      authorization:\n        credentials: {token}\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{ne_port}']\n    relabel_configs:\n      - target_label: instance\n        replacement: 'nas:9100'\n",
             rules = rule_files.iter().map(|r| format!("  - {}\n", r.display())).collect::<String>(),
             token = served.token,
         ),
-    )
-    .unwrap();
-    let mut prom_proc = spawn(
-        "prometheus",
-        Command::new(&prom).args([
-            &format!("--config.file={}", p_dir.join("prometheus.yml").display()),
-            &format!("--storage.tsdb.path={}", p_dir.join("data").display()),
-            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
-            "--rules.alert.resend-delay=1s",
-        ]),
     );
-    wait_port(prom_port, "prometheus");
     let c = http();
     // Every rule file loaded (a bad one would stop Prometheus from starting at all).
     let rules: Value = eventually(30, "prometheus rules", || {
@@ -225,40 +238,20 @@ fn the_monitoring_stack_is_watched_and_its_failures_reach_the_backup_channels() 
     );
     // The stack first, so labops finds it up.
     let _exporter = node_exporter(&ne, ne_port);
-    let am_dir = dir.path().join("am");
-    std::fs::create_dir_all(&am_dir).unwrap();
-    std::fs::write(am_dir.join("alertmanager.yml"), "route:\n  receiver: none\nreceivers:\n  - name: none\n").unwrap();
-    let mut am_proc = spawn(
-        "alertmanager",
-        Command::new(&am).args([
-            &format!("--config.file={}", am_dir.join("alertmanager.yml").display()),
-            &format!("--storage.path={}", am_dir.join("data").display()),
-            &format!("--web.listen-address=127.0.0.1:{am_port}"),
-            "--cluster.listen-address=",
-        ]),
-    );
+    let mut am_proc = alertmanager(&am, &dir.path().join("am"), am_port, "route:\n  receiver: none\nreceivers:\n  - name: none\n");
     let p_dir = dir.path().join("prom");
     std::fs::create_dir_all(&p_dir).unwrap();
     // Two `up` series and a one-to-one match on nothing: the rule fails at every evaluation.
     std::fs::write(p_dir.join("broken.yaml"), "groups:\n  - name: broken\n    rules:\n      - alert: BrokenJoin\n        expr: up * on() up\n").unwrap();
-    std::fs::write(
-        p_dir.join("prometheus.yml"),
-        format!(
+    let _prom = prometheus(
+        &prom,
+        &p_dir,
+        prom_port,
+        &format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{ne_port}']\n  - job_name: prometheus\n    static_configs:\n      - targets: ['127.0.0.1:{prom_port}']\n",
             rules = p_dir.join("broken.yaml").display()
         ),
-    )
-    .unwrap();
-    let _prom = spawn(
-        "prometheus",
-        Command::new(&prom).args([
-            &format!("--config.file={}", p_dir.join("prometheus.yml").display()),
-            &format!("--storage.tsdb.path={}", p_dir.join("data").display()),
-            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ]),
     );
-    wait_port(am_port, "alertmanager");
-    wait_port(prom_port, "prometheus");
     let served = Served::start_on(&cfg, labops_port);
     let c = http();
     let incidents = |all: bool| -> Vec<Value> {
