@@ -16,16 +16,6 @@ fn sign(secret: &str, body: &[u8]) -> String {
     m.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn incidents(cfg: &std::path::Path, all: bool) -> Vec<Value> {
-    let mut args = vec!["--config", cfg.to_str().unwrap(), "incidents", "--json"];
-    if all {
-        args.push("--all");
-    }
-    let out = labops().args(&args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn alerts_come_in_authenticated_deduplicated_located_and_notified_once() {
     let pve = FakePve::reference();

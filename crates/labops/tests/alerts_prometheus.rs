@@ -170,15 +170,7 @@ fn node_exporter_down_opens_one_incident_and_coming_back_resolves_it() {
         (v["data"]["result"][0]["value"][1] == "1").then_some(())
     });
 
-    let list = |all: bool| -> Vec<Value> {
-        let mut args = vec!["--config", cfg.to_str().unwrap(), "incidents", "--json"];
-        if all {
-            args.push("--all");
-        }
-        let out = labops().args(&args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let list = |all: bool| incidents(&cfg, all);
     assert!(list(false).is_empty(), "nothing fires while the target is up");
 
     // The NAS exporter dies.

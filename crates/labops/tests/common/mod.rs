@@ -71,6 +71,17 @@ impl Drop for Served {
     }
 }
 
+/// `labops incidents --json [--all]` with this config.
+pub fn incidents(cfg: &Path, all: bool) -> Vec<serde_json::Value> {
+    let mut args = vec!["--config", cfg.to_str().unwrap(), "incidents", "--json"];
+    if all {
+        args.push("--all");
+    }
+    let out = labops().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A blocking HTTP client for the tests.
 pub fn http() -> reqwest::blocking::Client {
     labops_integrations::install_crypto_provider();
