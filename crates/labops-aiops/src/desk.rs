@@ -489,7 +489,7 @@ pub struct Desk {
     addresses: HashMap<String, Vec<String>>,
     /// Entity id -> what it depends on, for the same inventory.
     ancestors: HashMap<String, Arc<Vec<String>>>,
-    addresses_of: usize,
+    addresses_of: (usize, usize),
 }
 
 impl Desk {
@@ -541,7 +541,9 @@ impl Desk {
     }
 
     fn refresh_addresses(&mut self, inv: &Inventory) {
-        let tag = inv as *const Inventory as usize ^ inv.entities().len();
+        // The caller keeps the previous inventory alive while it passes a new one (the engine
+        // holds its last snapshot), so a new inventory never reuses the old one's address.
+        let tag = (inv as *const Inventory as usize, inv.entities().len());
         if tag == self.addresses_of && !self.addresses.is_empty() {
             return;
         }

@@ -134,7 +134,7 @@ impl Alerting {
         let desk = Desk::restore(settings.clone(), alerts, incidents, silences);
         let (tx, rx) = mpsc::channel(4096);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-        let task = Task { desk, settings, lab, store: store.clone(), notify: Arc::new(notify), rx, http, synced_ms: now, remediation, learned_ms: 0, acted: HashSet::new() };
+        let task = Task { desk, settings, lab, store: store.clone(), notify: Arc::new(notify), rx, http, synced_ms: now, remediation, learned_ms: 0, inventory: None, acted: HashSet::new() };
         tokio::spawn(task.run());
         Ok(Self { tx, store })
     }
@@ -187,6 +187,8 @@ struct Task {
     remediation: Option<Remediation>,
     /// When learning last looked at the outcomes.
     learned_ms: i64,
+    /// The snapshot the desk last worked with.
+    inventory: Option<Arc<crate::lab::Snapshot>>,
     /// (incident, runbook, target) already proposed or withheld: once per incident.
     acted: HashSet<(i64, String, String)>,
 }
@@ -226,6 +228,9 @@ impl Task {
         }
         if !ingests.is_empty() {
             let snap = self.lab.snapshot();
+            // Held until the next batch: the desk tells inventories apart by address, and a live
+            // old one cannot share its address with the new one.
+            let _previous = self.inventory.replace(snap.clone());
             let now = now_ms();
             let mut delta = Delta::default();
             let mut replies = Vec::with_capacity(ingests.len());
@@ -560,7 +565,6 @@ impl Incidents {
                 match s.set_incident_state(id, to, by, now_ms(), actor).await.map_err(|e| AlertingError::Store(e.to_string()))? {
                     None => Err(AlertingError::Refused(format!("no incident #{id}; `labops incidents --all` lists them"))),
                     Some(was) if !was.is_active() => Err(AlertingError::Refused(format!("incident #{id} is already {}", was.as_str()))),
-                    Some(was) if was == to => Ok(()),
                     Some(_) => Ok(()),
                 }
             }
