@@ -176,6 +176,12 @@ struct SilenceBody {
 /// Builds a silence from people's words: matchers parsed, the maintenance entity resolved
 /// against the inventory, the length bounded.
 pub fn build_silence(lab: Option<&labops_engine::Lab>, matchers: &[String], entity: Option<&str>, minutes: u32, by: &str, comment: &str) -> Result<Silence, String> {
+    if by.trim().is_empty() || by.len() > 100 {
+        return Err("`by` must name the person silencing (1 to 100 characters)".into());
+    }
+    if comment.len() > 2000 || matchers.len() > 20 {
+        return Err("a silence takes at most 20 matchers and a comment of at most 2000 characters".into());
+    }
     if !(1..=60 * 24 * 30).contains(&minutes) {
         return Err(format!("{minutes} minutes: a silence lasts 1 minute to 30 days"));
     }
