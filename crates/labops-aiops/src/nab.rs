@@ -199,6 +199,85 @@ pub fn best(corpus: &[Series], c: &Costs) -> (f64, f64) {
     best
 }
 
+/// One NAB data file, read: its rows and its anomaly windows.
+#[derive(Debug, Clone)]
+pub struct File {
+    /// Path under the data directory, `/`-separated (`realKnownCause/nyc_taxi.csv`): NAB's key.
+    pub name: String,
+    /// `(timestamp as written, milliseconds since the epoch, value)`, in file order.
+    pub rows: Vec<(String, i64, f64)>,
+    /// Anomaly windows as inclusive row ranges.
+    pub windows: Vec<(usize, usize)>,
+}
+
+impl File {
+    /// Whether a row lies inside a window (NAB's `label`).
+    pub fn label(&self, row: usize) -> bool {
+        self.windows.iter().any(|(a, b)| *a <= row && row <= *b)
+    }
+}
+
+fn parse_time(s: &str) -> Option<i64> {
+    chrono::NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f").ok().map(|t| t.and_utc().timestamp_millis())
+}
+
+fn csv_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "csv") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reads every `*.csv` under `data` (NAB's layout) with its windows from NAB's
+/// `combined_windows.json`. Errors name the file and line and what to do.
+pub fn load(data: &std::path::Path, labels: &std::path::Path) -> Result<Vec<File>, String> {
+    let files = csv_files(data);
+    if files.is_empty() {
+        return Err(format!("no CSV files under {}; point --data at NAB's data directory", data.display()));
+    }
+    let text = std::fs::read_to_string(labels).map_err(|e| format!("read the labels {}: {e}", labels.display()))?;
+    let windows: std::collections::BTreeMap<String, Vec<(String, String)>> =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not NAB's combined_windows.json: {e}", labels.display()))?;
+    let mut out = Vec::with_capacity(files.len());
+    for f in &files {
+        let name = f.strip_prefix(data).unwrap_or(f).to_string_lossy().replace('\\', "/");
+        let text = std::fs::read_to_string(f).map_err(|e| format!("read {}: {e}", f.display()))?;
+        let mut rows = Vec::new();
+        for (n, line) in text.lines().enumerate().skip(1) {
+            let Some((t, v)) = line.split_once(',') else { continue };
+            let ts = parse_time(t).ok_or_else(|| format!("{}:{}: {t:?} is not a timestamp (YYYY-MM-DD HH:MM:SS)", f.display(), n + 1))?;
+            let v: f64 = v.trim().parse().map_err(|_| format!("{}:{}: {v:?} is not a number", f.display(), n + 1))?;
+            rows.push((t.to_string(), ts, v));
+        }
+        let mut idx = Vec::new();
+        for (a, b) in windows.get(&name).into_iter().flatten() {
+            let (Some(a), Some(b)) = (parse_time(a), parse_time(b)) else {
+                return Err(format!("{}: window [{a:?}, {b:?}] of {name} is not a pair of timestamps", labels.display()));
+            };
+            let first = rows.iter().position(|r: &(String, i64, f64)| r.1 >= a);
+            let last = rows.iter().rposition(|r: &(String, i64, f64)| r.1 <= b);
+            if let (Some(x), Some(y)) = (first, last) {
+                if x <= y {
+                    idx.push((x, y));
+                }
+            }
+        }
+        out.push(File { name, rows, windows: idx });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
