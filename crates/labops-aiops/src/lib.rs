@@ -19,6 +19,7 @@
 
 pub mod desk;
 pub mod detect;
+pub mod forecast;
 pub mod intake;
 pub mod nab;
 pub mod runbook;

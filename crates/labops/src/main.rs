@@ -260,6 +260,16 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time-to-full forecasts on generated growth curves (linear, stepwise, with daily cycles;
+    /// fixed seeds) against the moment each noiseless curve reaches its capacity.
+    Forecast {
+        /// Cases per shape.
+        #[arg(long, default_value_t = 100)]
+        cases: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -268,6 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Workflow { command } if !command.needs_state() => return workflow_cmd::run(command),
         Command::Config { command: ConfigCommand::Validate } => return validate(cli.config.as_deref()),
         Command::Bench { command: BenchCommand::Nab { data, labels, out, profiles, json } } => return nab_cmd::run(data, labels, out, profiles.as_deref(), *json),
+        Command::Bench { command: BenchCommand::Forecast { cases, json } } => return nab_cmd::forecast(*cases, *json),
         _ => {}
     }
     let loaded = config::load(cli.config.as_deref());
@@ -346,7 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = lab.store().context("`labops ask` needs the state database")?.clone();
             ask_cmd::ask(&cfg, store, &lab, &text, &docs, hard, json).await?
         }
-        Command::Bench { command: BenchCommand::Nab { .. } } => unreachable!("handled above"),
+        Command::Bench { command: BenchCommand::Nab { .. } | BenchCommand::Forecast { .. } } => unreachable!("handled above"),
         Command::Bench { command: BenchCommand::Eval { cases, model, limit, json } } => {
             let store = lab.store().context("`labops bench eval` needs the state database")?.clone();
             ask_cmd::eval(&cfg, store, &lab, &cases, &model, limit, json).await?
