@@ -40,11 +40,13 @@ pub struct Config {
     pub alarm: f64,
     /// Contexts kept per grid before the counts are halved and the rare ones forgotten.
     pub max_contexts: usize,
+    /// Points a series needs before it can score above 0.
+    pub warmup: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { resolutions: [16, 64], long: 4000, short: 10, rest: 50, alarm: 0.998, max_contexts: 3500 }
+        Self { resolutions: [16, 64], long: 4000, short: 10, rest: 50, alarm: 0.998, max_contexts: 3500, warmup: 100 }
     }
 }
 
@@ -241,7 +243,7 @@ impl Detector {
             return 0.0;
         }
         // Unseen at every order and grid, once the series has a history: a new level or spike.
-        let out = if unseen && self.long.len() >= 100 { 1.0 } else { likelihood * 0.9999 };
+        let out = if unseen && self.long.len() >= self.cfg.warmup { 1.0 } else { likelihood * 0.9999 };
         if out >= self.cfg.alarm {
             self.since_alarm = 0;
         }
@@ -255,7 +257,7 @@ impl Detector {
         if self.short.len() > self.cfg.short {
             self.short_sum -= self.short.pop_front().unwrap_or(0.0);
         }
-        let out = if self.long.len() >= 100 {
+        let out = if self.long.len() >= self.cfg.warmup.max(2) {
             let k = self.long.len() as f64;
             let mean = self.long_sum / k;
             let sd = (self.long_sq / k - mean * mean).max(1e-8).sqrt().max(1e-4);

@@ -19,6 +19,7 @@
 //!   propose from, and drafts turned into change proposals.
 
 pub mod alerting;
+pub mod anomaly;
 pub mod changes;
 pub mod lab;
 pub mod monitor;

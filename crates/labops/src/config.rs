@@ -104,6 +104,9 @@ pub struct AlertsConfig {
     /// Monitor the monitor: the monitoring stack labops checks.
     #[serde(default)]
     pub monitor: Option<MonitorConfig>,
+    /// Anomaly detection and capacity forecasts on Prometheus series.
+    #[serde(default)]
+    pub anomaly: Option<AnomalyConfig>,
     /// Directory of runbooks (`*.yaml`: label matchers -> a library workflow); default `runbooks`.
     #[serde(default)]
     pub runbooks: Option<PathBuf>,
@@ -128,6 +131,7 @@ impl Default for AlertsConfig {
             home_assistant: None,
             runbooks: None,
             monitor: None,
+            anomaly: None,
             escalation: BTreeMap::new(),
         }
     }
@@ -181,6 +185,134 @@ impl MonitorConfig {
             heartbeat: self.heartbeat_alert.clone().map(|n| (n, Duration::from_secs(self.heartbeat_minutes * 60))),
             interval: Duration::from_secs(self.interval_seconds.max(1)),
         })
+    }
+}
+
+/// `[alerts.anomaly]`: Prometheus series labops scores for anomalies, and capacity forecasts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyConfig {
+    /// Prometheus base URL.
+    pub prometheus_url: String,
+    /// Resolution of the series read (default 60 s).
+    #[serde(default = "default_anomaly_step")]
+    pub step_seconds: f64,
+    /// How often new points are read (default 60 s).
+    #[serde(default = "default_anomaly_step")]
+    pub interval_seconds: f64,
+    /// How far back the first read goes (default 24 hours).
+    #[serde(default = "default_warmup_hours")]
+    pub warmup_hours: f64,
+    /// Points a series needs before it can alarm (default 100).
+    #[serde(default = "default_warmup_points")]
+    pub warmup_points: usize,
+    /// At most this many series are watched (default 20000).
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+    /// How far back capacity forecasts look (default 7 days) and how often they run (default
+    /// 15 minutes).
+    #[serde(default = "default_forecast_days")]
+    pub forecast_window_days: f64,
+    /// See `forecast_window_days`.
+    #[serde(default = "default_forecast_every")]
+    pub forecast_every_minutes: f64,
+    /// Series to score: `{ kind, expr }`. Empty: node_exporter's CPU, memory, network,
+    /// temperature and filesystem usage.
+    #[serde(default)]
+    pub queries: Vec<AnomalyQuery>,
+    /// Capacity rules: `{ name, used, size, horizon_days }`. Absent: node_exporter's
+    /// filesystems, full within 14 days.
+    #[serde(default)]
+    pub capacity: Option<Vec<CapacityRule>>,
+}
+
+/// One `[[alerts.anomaly.queries]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyQuery {
+    /// `cpu`, `memory`, `latency`, `errors`, `network`, `temperature`, `disk_usage`...
+    pub kind: String,
+    /// PromQL.
+    pub expr: String,
+}
+
+/// One `[[alerts.anomaly.capacity]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityRule {
+    /// `filesystem`, `zfs_pool`, `temperature`...
+    pub name: String,
+    /// PromQL for what is used.
+    pub used: String,
+    /// PromQL for the limit with the same labels, or a number (`"85"` degrees).
+    pub size: String,
+    /// Alert when the limit is met within this many days (default 14).
+    #[serde(default = "default_horizon")]
+    pub horizon_days: f64,
+}
+
+fn default_anomaly_step() -> f64 {
+    60.0
+}
+fn default_warmup_hours() -> f64 {
+    24.0
+}
+fn default_warmup_points() -> usize {
+    100
+}
+fn default_max_series() -> usize {
+    20_000
+}
+fn default_forecast_days() -> f64 {
+    7.0
+}
+fn default_forecast_every() -> f64 {
+    15.0
+}
+fn default_horizon() -> f64 {
+    14.0
+}
+
+const REAL_FS: &str = r#"fstype!~"tmpfs|overlay|squashfs|ramfs|nsfs""#;
+
+impl AnomalyConfig {
+    /// What the watcher reads.
+    pub fn watch(&self) -> labops_engine::anomaly::Watch {
+        use labops_engine::anomaly::{Capacity, Query};
+        let q = |kind: &str, expr: String| Query { kind: kind.into(), expr };
+        let queries = if self.queries.is_empty() {
+            vec![
+                q("cpu", r#"1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[5m]))"#.into()),
+                q("memory", "1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes".into()),
+                q("network", r#"sum by (instance) (rate(node_network_receive_bytes_total{device!="lo"}[5m]))"#.into()),
+                q("temperature", "max by (instance) (node_hwmon_temp_celsius)".into()),
+                q("disk_usage", format!("1 - node_filesystem_avail_bytes{{{REAL_FS}}} / node_filesystem_size_bytes{{{REAL_FS}}}")),
+            ]
+        } else {
+            self.queries.iter().map(|x| q(&x.kind, x.expr.clone())).collect()
+        };
+        let capacity = match &self.capacity {
+            Some(rules) => rules.iter().map(|r| Capacity { name: r.name.clone(), used: r.used.clone(), size: r.size.clone(), horizon_days: r.horizon_days }).collect(),
+            None => vec![Capacity {
+                name: "filesystem".into(),
+                used: format!("node_filesystem_size_bytes{{{REAL_FS}}} - node_filesystem_avail_bytes{{{REAL_FS}}}"),
+                size: format!("node_filesystem_size_bytes{{{REAL_FS}}}"),
+                horizon_days: 14.0,
+            }],
+        };
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.001));
+        labops_engine::anomaly::Watch {
+            prometheus: self.prometheus_url.clone(),
+            queries,
+            capacity,
+            step: secs(self.step_seconds),
+            interval: secs(self.interval_seconds),
+            warmup: secs(self.warmup_hours * 3600.0),
+            forecast_window: secs(self.forecast_window_days * 86_400.0),
+            forecast_every: secs(self.forecast_every_minutes * 60.0),
+            detector: labops_aiops::detect::Config { warmup: self.warmup_points, ..Default::default() },
+            max_series: self.max_series,
+        }
     }
 }
 
@@ -778,6 +910,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "home_assistant",
             "runbooks",
             "monitor",
+            "anomaly",
             "escalation",
         ],
     ),
@@ -902,6 +1035,7 @@ pub fn load(explicit: Option<&Path>) -> Loaded {
     check_field::<u64>(&f, "alerts.group_wait_seconds", &mut errors);
     check_field::<PathBuf>(&f, "alerts.runbooks", &mut errors);
     check_field::<MonitorConfig>(&f, "alerts.monitor", &mut errors);
+    check_field::<AnomalyConfig>(&f, "alerts.anomaly", &mut errors);
     check_field::<u64>(&f, "alerts.group_window_minutes", &mut errors);
     check_field::<HomeAssistantConfig>(&f, "alerts.home_assistant", &mut errors);
     check_field::<BTreeMap<String, Vec<String>>>(&f, "alerts.escalation", &mut errors);
@@ -1186,6 +1320,38 @@ fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Pro
             && !f.exists() {
                 err("alerts.monitor.grafana_token_file", format!("{} does not exist", f.display()));
             }
+    }
+    if let Some(an) = &a.anomaly {
+        if !(an.prometheus_url.starts_with("http://") || an.prometheus_url.starts_with("https://")) {
+            err("alerts.anomaly.prometheus_url", format!("{:?} is not an http(s) URL", an.prometheus_url));
+        }
+        for (path, v, lo, hi) in [
+            ("step_seconds", an.step_seconds, 0.1, 86_400.0),
+            ("interval_seconds", an.interval_seconds, 0.1, 86_400.0),
+            ("warmup_hours", an.warmup_hours, 0.0, 24.0 * 90.0),
+            ("forecast_window_days", an.forecast_window_days, 0.0005, 365.0),
+            ("forecast_every_minutes", an.forecast_every_minutes, 0.01, 1440.0),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                err(&format!("alerts.anomaly.{path}"), format!("{v} is out of range; use {lo}..={hi}"));
+            }
+        }
+        if !(1..=1_000_000).contains(&an.max_series) {
+            err("alerts.anomaly.max_series", format!("{} is out of range; use 1..=1000000", an.max_series));
+        }
+        for (i, q) in an.queries.iter().enumerate() {
+            if q.kind.trim().is_empty() || q.expr.trim().is_empty() {
+                err(&format!("alerts.anomaly.queries[{i}]"), "needs a kind and a PromQL expr".into());
+            }
+        }
+        for (i, c) in an.capacity.iter().flatten().enumerate() {
+            if c.name.trim().is_empty() || c.used.trim().is_empty() || c.size.trim().is_empty() {
+                err(&format!("alerts.anomaly.capacity[{i}]"), "needs a name, a `used` and a `size` (PromQL or a number)".into());
+            }
+            if !(c.horizon_days > 0.0 && c.horizon_days <= 3650.0) {
+                err(&format!("alerts.anomaly.capacity[{i}].horizon_days"), format!("{} is out of range; use 0..=3650", c.horizon_days));
+            }
+        }
     }
     for (sev, steps) in &a.escalation {
         for (i, st) in steps.iter().enumerate() {

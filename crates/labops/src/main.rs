@@ -377,6 +377,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { listen } => {
             let token = cfg.server.bearer_token().map_err(anyhow::Error::msg)?;
             let mut monitor = None;
+            let mut anomaly = None;
             let listen = listen.unwrap_or(cfg.server.listen.clone());
             let opts = labops_server::http::HttpOptions {
                 listen: listen.parse().with_context(|| format!("--listen {listen:?} is not IP:PORT"))?,
@@ -402,6 +403,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             let watch = m.watch().map_err(anyhow::Error::msg)?;
                             monitor = Some((a.clone(), watch, std::sync::Arc::new(notify)));
                         }
+                        if let Some(an) = &cfg.alerts.anomaly {
+                            anomaly = Some((a.clone(), an.watch()));
+                        }
                         Some((a, auth))
                     }
                     None => None,
@@ -417,6 +421,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut background = Vec::new();
             if let Some((alerting, watch, notify)) = monitor {
                 background.push(tokio::spawn(labops_engine::monitor::run(alerting, watch, notify, stop_rx.clone())));
+            }
+            if let Some((alerting, watch)) = anomaly {
+                background.push(tokio::spawn(labops_engine::anomaly::run(alerting, watch, stop_rx.clone())));
             }
             if let Some(store) = lab.store() {
                 let changes = change_cmd::service(&cfg, store.clone()).await?;

@@ -290,3 +290,129 @@ fn the_monitoring_stack_is_watched_and_its_failures_reach_the_backup_channels() 
     let n = hook_got.lock().unwrap().iter().filter(|(_, b)| b["alert"] == "PrometheusRuleFailures").count();
     assert_eq!(n, 1);
 }
+
+/// A small exporter of synthetic series: `labops_synth{node="nNN",series="sNNN"}` for 50 nodes
+/// x 200 series, each a level of its own plus a one-minute pattern of six ten-second steps, and
+/// `labops_fill{pool="tank"}` growing 2 a second from 500 (size 1000). Once `plant` is set,
+/// n07/s123 jumps to a level it never had.
+fn synthetic_exporter(plant: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let step = [0.0, 5.0, 10.0, 5.0, 0.0, -5.0][((now / 10) % 6) as usize];
+            let mut body = String::with_capacity(600_000);
+            body.push_str("# TYPE labops_synth gauge\n");
+            for n in 1..=50 {
+                for k in 1..=200 {
+                    let mut v = 100.0 + ((n * 7 + k * 13) % 97) as f64 + step;
+                    if n == 7 && k == 123 && plant.load(std::sync::atomic::Ordering::SeqCst) {
+                        v = 5_000.0;
+                    }
+                    body.push_str(&format!("labops_synth{{node=\"n{n:02}\",series=\"s{k:03}\"}} {v}\n"));
+                }
+            }
+            body.push_str(&format!("# TYPE labops_fill gauge\nlabops_fill{{pool=\"tank\"}} {}\n", 500.0 + 2.0 * started.elapsed().as_secs_f64()));
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    port
+}
+
+/// Issue #7 end to end: real Prometheus scraping node_exporter and 10,000 synthetic series;
+/// the watcher warms up with range queries and then reads incrementally; a planted level
+/// shift on one series becomes one `AnomalyDetected` incident naming it, no quiet series
+/// alarms, and a pool filling in minutes becomes a `CapacityForecast` incident saying when.
+#[test]
+fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
+    let (Some(prom), Some(ne)) = (bin("prometheus"), bin("prometheus-node-exporter")) else {
+        println!("\n*** SKIPPED TIER: real Prometheus/node_exporter for the anomaly watcher (install Debian's prometheus and prometheus-node-exporter; scripts/test does) ***\n");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plant = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let synth_port = synthetic_exporter(plant.clone());
+    let ne_port = free_port();
+    let _exporter = node_exporter(&ne, ne_port);
+    wait_port(ne_port, "node_exporter");
+    let p_dir = dir.path().join("prom");
+    std::fs::create_dir_all(&p_dir).unwrap();
+    let prom_port = free_port();
+    let _prom = prometheus(
+        &prom,
+        &p_dir,
+        prom_port,
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{ne_port}']\n  - job_name: synth\n    static_configs:\n      - targets: ['127.0.0.1:{synth_port}']\n"
+        ),
+    );
+    let c = http();
+    let prom_url = format!("http://127.0.0.1:{prom_port}");
+    let count = |q: &str| -> usize {
+        let v: Value = c.get(format!("{prom_url}/api/v1/query")).query(&[("query", q)]).send().ok().and_then(|r| r.json().ok()).unwrap_or_default();
+        v["data"]["result"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    eventually(60, "Prometheus scraping 10,000 synthetic series and node_exporter", || (count("labops_synth") == 10_000 && count("node_cpu_seconds_total") > 0).then_some(()));
+
+    // The watcher as a library first: the warm-up read of real node_exporter series.
+    std::thread::sleep(Duration::from_secs(25));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let watch = |queries: Vec<labops_engine::anomaly::Query>| labops_engine::anomaly::Watch {
+        prometheus: prom_url.clone(),
+        queries,
+        capacity: Vec::new(),
+        step: Duration::from_secs(1),
+        interval: Duration::from_secs(2),
+        warmup: Duration::from_secs(120),
+        forecast_window: Duration::from_secs(60),
+        forecast_every: Duration::from_secs(5),
+        detector: labops_aiops::detect::Config { warmup: 20, ..Default::default() },
+        max_series: 20_000,
+    };
+    let cpu = labops_engine::anomaly::Query { kind: "cpu".into(), expr: r#"rate(node_cpu_seconds_total{mode="idle"}[5s])"#.into() };
+    let mut w = labops_engine::anomaly::Watcher::new(watch(vec![cpu]));
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let first = rt.block_on(w.read(now()));
+    assert!(first.problems.is_empty(), "{:?}", first.problems);
+    assert!(first.series >= 1 && first.points >= first.series * 15, "the warm-up reads the history: {first:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let next = rt.block_on(w.read(now()));
+    assert!(next.points > 0 && next.points <= next.series * 5, "then only the new points: {next:?}");
+    let bad = rt.block_on(labops_engine::anomaly::Watcher::new(watch(vec![labops_engine::anomaly::Query { kind: "x".into(), expr: "rate(".into() }])).read(now()));
+    assert!(bad.problems[0].contains("Prometheus refused \"rate(\""), "{:?}", bad.problems);
+
+    // Then `labops serve` with the whole path: 10,000 series plus a capacity rule.
+    let pve = FakePve::reference();
+    let cfg = pve.config(
+        dir.path(),
+        &format!(
+            "\n[alerts]\ngroup_wait_seconds = 1\n[alerts.anomaly]\nprometheus_url = \"{prom_url}\"\nstep_seconds = 1\ninterval_seconds = 2\nwarmup_hours = 0.03\nwarmup_points = 20\nforecast_window_days = 0.001\nforecast_every_minutes = 0.1\n[[alerts.anomaly.queries]]\nkind = \"synthetic\"\nexpr = \"labops_synth\"\n[[alerts.anomaly.capacity]]\nname = \"zfs_pool\"\nused = \"labops_fill\"\nsize = \"1000\"\nhorizon_days = 14\n"
+        ),
+    );
+    let _served = Served::start(&cfg);
+    let by_title = |t: &str| incidents(&cfg, false).into_iter().filter(|i| i["title"].as_str().unwrap_or("").contains(t)).collect::<Vec<_>>();
+    let forecast = eventually(90, "a CapacityForecast incident for the tank pool", || by_title("CapacityForecast").into_iter().next());
+    let detail = labops().args(["--config", cfg.to_str().unwrap(), "incidents", "show", &forecast["id"].to_string(), "--json"]).output().unwrap();
+    let detail = String::from_utf8_lossy(&detail.stdout).to_string();
+    assert!(detail.contains("zfs_pool tank reaches 1000 in about") && detail.contains("add a disk"), "{detail}");
+    // Let the watcher warm up on the synthetic series, then plant the shift.
+    std::thread::sleep(Duration::from_secs(8));
+    plant.store(true, std::sync::atomic::Ordering::SeqCst);
+    let anomalies = eventually(60, "an AnomalyDetected incident", || {
+        let a = by_title("AnomalyDetected");
+        (!a.is_empty()).then_some(a)
+    });
+    let detail = labops().args(["--config", cfg.to_str().unwrap(), "incidents", "show", &anomalies[0]["id"].to_string(), "--json"]).output().unwrap();
+    let detail = String::from_utf8_lossy(&detail.stdout).to_string();
+    assert!(detail.contains("node=n07,series=s123"), "the planted series: {detail}");
+    std::thread::sleep(Duration::from_secs(6));
+    let all = by_title("AnomalyDetected");
+    let text = serde_json::to_string(&all).unwrap();
+    assert_eq!(all.len(), 1, "one incident, no quiet series alarmed: {text}");
+}
