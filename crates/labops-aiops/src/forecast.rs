@@ -77,7 +77,7 @@ pub fn time_to(samples: &[(f64, f64)], limit: f64) -> Option<Forecast> {
         }
         (slope, icept) = fit(&t, &deseasoned)?;
     }
-    if !(slope > 0.0) {
+    if slope.is_nan() || slope <= 0.0 {
         return None;
     }
     // The slope's standard error, with autocorrelated residuals counted as fewer samples.
