@@ -412,6 +412,10 @@ pub fn target_values(e: &Entity, w: &WorkflowChoice) -> Map<String, Value> {
         EntityKind::ProxmoxNode => {
             v.insert("node".into(), json!(e.name));
         }
+        // A machine without an API, for the workflows that act on a machine by hand.
+        EntityKind::Host if w.params.iter().any(|p| p == "node") => {
+            v.insert("node".into(), json!(e.name));
+        }
         _ => {}
     }
     if w.params.iter().any(|p| p == "restarted_at") {

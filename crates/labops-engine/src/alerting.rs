@@ -293,8 +293,15 @@ impl Task {
             let Some(rb) = rem.runbooks.iter().find(|b| b.name == r.runbook).cloned() else { continue };
             let (rem, store) = (rem.clone(), self.store.clone());
             let alert_name = self.desk.alert(&r.alert).map(|a| a.alert.name().to_string()).unwrap_or_default();
+            // labops' own findings (a forecast, an anomaly) say what was found; a third party's
+            // text never goes into a proposal.
+            let finding = self
+                .desk
+                .alert(&r.alert)
+                .filter(|a| a.alert.source == labops_aiops::intake::Source::Labops)
+                .and_then(|a| a.alert.annotations.get("summary").cloned());
             tokio::spawn(async move {
-                let outcome = propose_remedy(&rem, &rb, &r, &entity, &alert_name).await;
+                let outcome = propose_remedy(&rem, &rb, &r, &entity, &alert_name, finding.as_deref()).await;
                 let (kind, detail) = match outcome {
                     Ok(change) => ("remedy_proposed", serde_json::json!({"runbook": r.runbook, "target": r.target, "change": change.change.id, "state": change.change.state.to_string()})),
                     Err(e) => ("remedy_failed", serde_json::json!({"runbook": r.runbook, "target": r.target, "why": e})),
@@ -582,7 +589,7 @@ impl Incidents {
 
 /// Proposes a runbook's fix as a change: the library workflow planned with the values labops
 /// takes from the target (never from the alert's text), proposed by the rule.
-async fn propose_remedy(rem: &Remediation, rb: &Runbook, r: &Remedy, target: &labops_core::inventory::Entity, alert: &str) -> Result<labops_store::changes::ChangeRecord, String> {
+async fn propose_remedy(rem: &Remediation, rb: &Runbook, r: &Remedy, target: &labops_core::inventory::Entity, alert: &str, finding: Option<&str>) -> Result<labops_store::changes::ChangeRecord, String> {
     use crate::changes::ProposalInput;
     use labops_core::change::{Actor, Analysis, RiskLevel, Roi};
     let path = rem.library.path(&r.workflow).ok_or_else(|| format!("the workflow {} is not in the library", r.workflow))?;
@@ -605,7 +612,10 @@ async fn propose_remedy(rem: &Remediation, rb: &Runbook, r: &Remedy, target: &la
         title: format!("{}: {} {} (incident #{})", rb.name, r.workflow, target.qualified_name(), r.incident),
         analysis: Analysis {
             what: format!("Run the workflow {} on {} ({}).", r.workflow, target.qualified_name(), target.id),
-            why: format!("Alert {alert} matched runbook {}: {}", rb.name, rb.why),
+            why: match finding {
+                Some(f) => format!("Alert {alert} matched runbook {}: {}. labops found: {f}", rb.name, rb.why),
+                None => format!("Alert {alert} matched runbook {}: {}", rb.name, rb.why),
+            },
             risk: RiskLevel::Low,
             risk_notes: format!("proposed by a runbook on the alert's labels; the target's node was up when it was proposed{record}"),
             blast_radius: Vec::new(),

@@ -35,6 +35,13 @@ const KNOWN: &[Known] = &[
     Known { name: "guest-migrate", targets: GUEST, verbs: &["migrate", "move", "relocate"], params: &["target"], complexity: 3 },
     Known { name: "k8s-rollout-restart", targets: &[EntityKind::Workload], verbs: &["restart", "redeploy", "roll", "bounce"], params: &["restarted_at"], complexity: 2 },
     Known {
+        name: "add-capacity",
+        targets: &[EntityKind::ProxmoxNode, EntityKind::Host],
+        verbs: &["add a disk", "add capacity", "make room", "free space", "expand storage", "grow the pool"],
+        params: &["node", "what"],
+        complexity: 3,
+    },
+    Known {
         name: "lxc-service",
         targets: &[],
         verbs: &["deploy", "install", "create", "set up", "setup", "add", "spin up", "host", "run "],

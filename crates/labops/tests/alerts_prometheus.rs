@@ -293,8 +293,8 @@ fn the_monitoring_stack_is_watched_and_its_failures_reach_the_backup_channels() 
 
 /// A small exporter of synthetic series: `labops_synth{node="nNN",series="sNNN"}` for 50 nodes
 /// x 200 series, each a level of its own plus a one-minute pattern of six ten-second steps, and
-/// `labops_fill{pool="tank"}` growing 2 a second from 500 (size 1000). Once `plant` is set,
-/// n07/s123 jumps to a level it never had.
+/// on `/fill`, `labops_fill{pool="tank"}` growing 2 a second from 500 (size 1000). Once `plant`
+/// is set, n07/s123 jumps to a level it never had.
 fn synthetic_exporter(plant: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -304,7 +304,12 @@ fn synthetic_exporter(plant: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
             let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
+            let n = s.read(&mut buf).unwrap_or(0);
+            if buf[..n].starts_with(b"GET /fill") {
+                let body = format!("# TYPE labops_fill gauge\nlabops_fill{{pool=\"tank\"}} {}\n", 500.0 + 2.0 * started.elapsed().as_secs_f64());
+                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                continue;
+            }
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
             let step = [0.0, 5.0, 10.0, 5.0, 0.0, -5.0][((now / 10) % 6) as usize];
             let mut body = String::with_capacity(600_000);
@@ -318,7 +323,6 @@ fn synthetic_exporter(plant: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u
                     body.push_str(&format!("labops_synth{{node=\"n{n:02}\",series=\"s{k:03}\"}} {v}\n"));
                 }
             }
-            body.push_str(&format!("# TYPE labops_fill gauge\nlabops_fill{{pool=\"tank\"}} {}\n", 500.0 + 2.0 * started.elapsed().as_secs_f64()));
             let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
         }
     });
@@ -349,7 +353,7 @@ fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
         &p_dir,
         prom_port,
         &format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{ne_port}']\n  - job_name: synth\n    static_configs:\n      - targets: ['127.0.0.1:{synth_port}']\n"
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{ne_port}']\n  - job_name: synth\n    static_configs:\n      - targets: ['127.0.0.1:{synth_port}']\n  - job_name: nas\n    metrics_path: /fill\n    static_configs:\n      - targets: ['127.0.0.1:{synth_port}']\n    relabel_configs:\n      - target_label: instance\n        replacement: 'nas:9100'\n"
         ),
     );
     let c = http();
@@ -389,10 +393,14 @@ fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
 
     // Then `labops serve` with the whole path: 10,000 series plus a capacity rule.
     let pve = FakePve::reference();
+    let repo = gitops_repo(dir.path(), &[]);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cfg = pve.config(
         dir.path(),
         &format!(
-            "\n[alerts]\ngroup_wait_seconds = 1\n[alerts.anomaly]\nprometheus_url = \"{prom_url}\"\nstep_seconds = 1\ninterval_seconds = 2\nwarmup_hours = 0.03\nwarmup_points = 20\nforecast_window_days = 0.001\nforecast_every_minutes = 0.1\n[[alerts.anomaly.queries]]\nkind = \"synthetic\"\nexpr = \"labops_synth\"\n[[alerts.anomaly.capacity]]\nname = \"zfs_pool\"\nused = \"labops_fill\"\nsize = \"1000\"\nhorizon_days = 14\n"
+            "{repo}\n[forge]\nkind = \"local\"\n[ai]\nlibrary = \"{lib}\"\n[alerts]\ngroup_wait_seconds = 1\nrunbooks = \"{rb}\"\n[alerts.anomaly]\nprometheus_url = \"{prom_url}\"\nstep_seconds = 1\ninterval_seconds = 2\nwarmup_hours = 0.03\nwarmup_points = 20\nforecast_window_days = 0.001\nforecast_every_minutes = 0.1\n[[alerts.anomaly.queries]]\nkind = \"synthetic\"\nexpr = \"labops_synth\"\n[[alerts.anomaly.capacity]]\nname = \"zfs_pool\"\nused = \"labops_fill\"\nsize = \"1000\"\nhorizon_days = 14\n",
+            lib = root.join("workflows").display(),
+            rb = root.join("runbooks").display(),
         ),
     );
     let _served = Served::start(&cfg);
@@ -401,6 +409,22 @@ fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
     let detail = labops().args(["--config", cfg.to_str().unwrap(), "incidents", "show", &forecast["id"].to_string(), "--json"]).output().unwrap();
     let detail = String::from_utf8_lossy(&detail.stdout).to_string();
     assert!(detail.contains("zfs_pool tank reaches 1000 in about") && detail.contains("add a disk"), "{detail}");
+    // The forecast, on the NAS (its `instance`), becomes a proposal to make room, awaiting approval.
+    let change = eventually(60, "the capacity-forecast runbook's proposal", || {
+        let out = labops().args(["--config", cfg.to_str().unwrap(), "incidents", "show", &forecast["id"].to_string(), "--json"]).output().ok()?;
+        let d: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let t = d["timeline"].as_array().cloned().unwrap_or_default();
+        if let Some(f) = t.iter().find(|e| e["event"] == "remedy_failed" || e["event"] == "remedy_withheld") {
+            panic!("the forecast was not proposed: {f}");
+        }
+        t.iter().find(|e| e["event"] == "remedy_proposed").map(|e| (e["detail"]["change"].as_str().unwrap().to_string(), e["detail"]["target"].clone()))
+    });
+    assert_eq!(change.1, "host/nas");
+    let out = labops().args(["--config", cfg.to_str().unwrap(), "change", "show", &change.0, "--json"]).output().unwrap();
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = shown.to_string();
+    assert!(text.contains("add-capacity") && text.contains("labops found: zfs_pool tank reaches 1000 in about"), "{text}");
+    assert_ne!(shown["state"], "approved", "a proposal waits for a human");
     // Let the watcher warm up on the synthetic series, then plant the shift.
     std::thread::sleep(Duration::from_secs(8));
     plant.store(true, std::sync::atomic::Ordering::SeqCst);
