@@ -10,7 +10,9 @@
 //!
 //! Each capacity rule (`used` and `size` expressions whose series share labels) is forecast
 //! over `forecast_window` every `forecast_every`: a series that will be full within its horizon
-//! becomes a `CapacityForecast` alert saying when, with the interval and what to do.
+//! becomes a `CapacityForecast` alert saying when, with the interval and what to do. Each
+//! counter that should stay flat (SMART reallocated or pending sectors, media errors) and rose
+//! over the same window becomes a `CounterRising` alert.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -46,6 +48,15 @@ pub struct Capacity {
     pub horizon_days: f64,
 }
 
+/// A counter that should stay flat (SMART reallocated or pending sectors, media errors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counter {
+    /// What it counts (`smart_reallocated_sectors`): a label on the alert.
+    pub name: String,
+    /// PromQL; each series it returns is checked over `forecast_window`.
+    pub expr: String,
+}
+
 /// What the watcher reads and how often.
 #[derive(Debug, Clone)]
 pub struct Watch {
@@ -55,6 +66,8 @@ pub struct Watch {
     pub queries: Vec<Query>,
     /// Capacity rules.
     pub capacity: Vec<Capacity>,
+    /// Counters that should stay flat.
+    pub counters: Vec<Counter>,
     /// Resolution of the series (the range queries' step).
     pub step: Duration,
     /// How often to read new points.
@@ -282,9 +295,38 @@ impl Watcher {
         pass
     }
 
+    /// Checks every counter that should stay flat over the forecast window at `now`.
+    pub async fn counters(&mut self, now: f64) -> Pass {
+        let mut pass = Pass::default();
+        let window = self.watch.forecast_window.as_secs_f64();
+        let step = (window / 2_000.0).max(self.watch.step.as_secs_f64()).max(1.0);
+        for c in self.watch.counters.clone() {
+            let series = match self.range(&c.expr, now - window, now, step).await {
+                Ok(m) => m,
+                Err(e) => {
+                    pass.problems.push(e);
+                    continue;
+                }
+            };
+            for m in &series {
+                pass.series += 1;
+                let samples: Vec<(f64, f64)> = m.values.iter().filter_map(|(t, v)| Some((*t, v.parse::<f64>().ok()?))).collect();
+                pass.points += samples.len();
+                let id = format!("counter|{}|{}", c.name, key(&m.metric));
+                let rise = labops_aiops::forecast::counter_rise(&samples);
+                let was = self.forecasting.get(&id).copied().unwrap_or(false);
+                if rise.is_some() || was {
+                    self.forecasting.insert(id, rise.is_some());
+                    pass.alerts.push(counter_alert(&c, &m.metric, rise, window, (now * 1000.0) as i64));
+                }
+            }
+        }
+        pass
+    }
+
     /// Whether a forecast is due.
     fn forecast_due(&self) -> bool {
-        !self.watch.capacity.is_empty() && self.last_forecast.is_none_or(|t| t.elapsed() >= self.watch.forecast_every)
+        !(self.watch.capacity.is_empty() && self.watch.counters.is_empty()) && self.last_forecast.is_none_or(|t| t.elapsed() >= self.watch.forecast_every)
     }
 }
 
@@ -323,7 +365,9 @@ pub fn anomaly_alert(kind: &str, metric: &BTreeMap<String, String>, value: f64, 
 
 fn days(secs: f64) -> String {
     let d = secs / 86_400.0;
-    if d < 2.0 {
+    if secs < 2.0 * 3_600.0 {
+        format!("{:.0} minutes", secs / 60.0)
+    } else if d < 2.0 {
         format!("{:.0} hours", secs / 3_600.0)
     } else {
         format!("{d:.0} days")
@@ -371,6 +415,32 @@ pub fn capacity_alert(c: &Capacity, metric: &BTreeMap<String, String>, limit: f6
     }
 }
 
+/// The alert a counter that rose becomes (`None`: it has stayed flat over the window since).
+pub fn counter_alert(c: &Counter, metric: &BTreeMap<String, String>, rise: Option<(f64, f64)>, window_secs: f64, at_ms: i64) -> Alert {
+    let mut labels = series_labels("counter", &c.name, metric);
+    labels.insert("alertname".into(), "CounterRising".into());
+    labels.insert("severity".into(), "warning".into());
+    let mut annotations = BTreeMap::new();
+    let thing = metric.get("device").or(metric.get("instance")).cloned().unwrap_or_else(|| key(metric));
+    if let Some((from, by)) = rise {
+        annotations.insert(
+            "summary".to_string(),
+            format!("{} on {thing} rose by {by} (from {from}) in the last {}: a disk that starts counting errors often fails soon", c.name, days(window_secs)),
+        );
+        annotations.insert("proposed_action".to_string(), "check the disk's SMART report (smartctl -a), make sure its data has a current backup, plan to replace it".to_string());
+    }
+    Alert {
+        source: Source::Labops,
+        fingerprint: fingerprint(&labels),
+        status: if rise.is_some() { Status::Firing } else { Status::Resolved },
+        labels,
+        annotations,
+        starts_at_ms: Some(at_ms),
+        ends_at_ms: rise.is_none().then_some(at_ms),
+        url: None,
+    }
+}
+
 /// Reads and forecasts forever; alerts go through `alerting`.
 pub async fn run(alerting: Alerting, watch: Watch, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(watch.interval.max(Duration::from_millis(100)));
@@ -385,9 +455,10 @@ pub async fn run(alerting: Alerting, watch: Watch, mut stop: tokio::sync::watch:
         let mut pass = watcher.read(now).await;
         if watcher.forecast_due() {
             watcher.last_forecast = Some(std::time::Instant::now());
-            let f = watcher.forecast(now).await;
-            pass.alerts.extend(f.alerts);
-            pass.problems.extend(f.problems);
+            for f in [watcher.forecast(now).await, watcher.counters(now).await] {
+                pass.alerts.extend(f.alerts);
+                pass.problems.extend(f.problems);
+            }
         }
         tracing::debug!(series = pass.series, points = pass.points, alerts = pass.alerts.len(), watched = watcher.watched(), "anomaly watcher read");
         for p in &pass.problems {
@@ -425,6 +496,11 @@ mod tests {
         assert!(s.contains("zfs_pool /tank reaches 1000 in about 21 days (95%: 18 days to no upper bound)"), "{s}");
         assert!(a.annotations["proposed_action"].contains("add a disk"));
         assert_eq!(a.labels["severity"], "warning");
+        let smart = Counter { name: "smart_reallocated_sectors".into(), expr: "x".into() };
+        let disk = BTreeMap::from([("device".to_string(), "/dev/sda".to_string()), ("instance".to_string(), "nas:9633".to_string())]);
+        let a2 = counter_alert(&smart, &disk, Some((0.0, 8.0)), 7.0 * 86_400.0, 1_000);
+        assert!(a2.annotations["summary"].contains("smart_reallocated_sectors on /dev/sda rose by 8 (from 0) in the last 7 days"), "{:?}", a2.annotations);
+        assert_eq!(counter_alert(&smart, &disk, None, 7.0 * 86_400.0, 2_000).fingerprint, a2.fingerprint);
         let resolved = capacity_alert(&c, &metric, 1000.0, None, 2_000);
         assert_eq!(resolved.fingerprint, a.fingerprint, "the same series resolves the same alert");
         assert_eq!(resolved.status, Status::Resolved);

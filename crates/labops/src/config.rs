@@ -224,6 +224,20 @@ pub struct AnomalyConfig {
     /// filesystems, full within 14 days.
     #[serde(default)]
     pub capacity: Option<Vec<CapacityRule>>,
+    /// Counters that should stay flat: `{ name, expr }`. Absent: smartctl_exporter's
+    /// reallocated, pending and uncorrectable sectors and NVMe media errors.
+    #[serde(default)]
+    pub counters: Option<Vec<CounterRule>>,
+}
+
+/// One `[[alerts.anomaly.counters]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterRule {
+    /// What it counts (`smart_reallocated_sectors`).
+    pub name: String,
+    /// PromQL.
+    pub expr: String,
 }
 
 /// One `[[alerts.anomaly.queries]]`.
@@ -293,18 +307,32 @@ impl AnomalyConfig {
         };
         let capacity = match &self.capacity {
             Some(rules) => rules.iter().map(|r| Capacity { name: r.name.clone(), used: r.used.clone(), size: r.size.clone(), horizon_days: r.horizon_days }).collect(),
-            None => vec![Capacity {
-                name: "filesystem".into(),
-                used: format!("node_filesystem_size_bytes{{{REAL_FS}}} - node_filesystem_avail_bytes{{{REAL_FS}}}"),
-                size: format!("node_filesystem_size_bytes{{{REAL_FS}}}"),
-                horizon_days: 14.0,
-            }],
+            None => vec![
+                Capacity {
+                    name: "filesystem".into(),
+                    used: format!("node_filesystem_size_bytes{{{REAL_FS}}} - node_filesystem_avail_bytes{{{REAL_FS}}}"),
+                    size: format!("node_filesystem_size_bytes{{{REAL_FS}}}"),
+                    horizon_days: 14.0,
+                },
+                Capacity { name: "temperature".into(), used: "node_hwmon_temp_celsius".into(), size: "node_hwmon_temp_crit_celsius".into(), horizon_days: 14.0 },
+            ],
+        };
+        let counters = match &self.counters {
+            Some(rules) => rules.iter().map(|r| labops_engine::anomaly::Counter { name: r.name.clone(), expr: r.expr.clone() }).collect(),
+            None => vec![
+                labops_engine::anomaly::Counter {
+                    name: "smart_bad_sectors".into(),
+                    expr: r#"smartctl_device_attribute{attribute_name=~"Reallocated_Sector_Ct|Current_Pending_Sector|Offline_Uncorrectable|Reported_Uncorrect",attribute_value_type="raw"}"#.into(),
+                },
+                labops_engine::anomaly::Counter { name: "nvme_media_errors".into(), expr: "smartctl_device_media_errors".into() },
+            ],
         };
         let secs = |s: f64| Duration::from_secs_f64(s.max(0.001));
         labops_engine::anomaly::Watch {
             prometheus: self.prometheus_url.clone(),
             queries,
             capacity,
+            counters,
             step: secs(self.step_seconds),
             interval: secs(self.interval_seconds),
             warmup: secs(self.warmup_hours * 3600.0),
@@ -1342,6 +1370,11 @@ fn semantic_checks(c: &Config, errors: &mut Vec<Problem>, warnings: &mut Vec<Pro
         for (i, q) in an.queries.iter().enumerate() {
             if q.kind.trim().is_empty() || q.expr.trim().is_empty() {
                 err(&format!("alerts.anomaly.queries[{i}]"), "needs a kind and a PromQL expr".into());
+            }
+        }
+        for (i, c) in an.counters.iter().flatten().enumerate() {
+            if c.name.trim().is_empty() || c.expr.trim().is_empty() {
+                err(&format!("alerts.anomaly.counters[{i}]"), "needs a name and a PromQL expr".into());
             }
         }
         for (i, c) in an.capacity.iter().flatten().enumerate() {

@@ -306,7 +306,11 @@ fn synthetic_exporter(plant: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u
             let mut buf = [0u8; 4096];
             let n = s.read(&mut buf).unwrap_or(0);
             if buf[..n].starts_with(b"GET /fill") {
-                let body = format!("# TYPE labops_fill gauge\nlabops_fill{{pool=\"tank\"}} {}\n", 500.0 + 2.0 * started.elapsed().as_secs_f64());
+                let bad = if plant.load(std::sync::atomic::Ordering::SeqCst) { 8 } else { 0 };
+                let body = format!(
+                    "# TYPE labops_fill gauge\nlabops_fill{{pool=\"tank\"}} {}\n# TYPE labops_smart_reallocated gauge\nlabops_smart_reallocated{{device=\"/dev/sda\"}} {bad}\n",
+                    500.0 + 2.0 * started.elapsed().as_secs_f64()
+                );
                 let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
                 continue;
             }
@@ -332,7 +336,8 @@ fn synthetic_exporter(plant: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u
 /// Issue #7 end to end: real Prometheus scraping node_exporter and 10,000 synthetic series;
 /// the watcher warms up with range queries and then reads incrementally; a planted level
 /// shift on one series becomes one `AnomalyDetected` incident naming it, no quiet series
-/// alarms, and a pool filling in minutes becomes a `CapacityForecast` incident saying when.
+/// alarms; a pool filling in minutes becomes a `CapacityForecast` incident saying when and a
+/// proposal to make room; a disk's reallocated sectors rising becomes a `CounterRising` alert.
 #[test]
 fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
     let (Some(prom), Some(ne)) = (bin("prometheus"), bin("prometheus-node-exporter")) else {
@@ -371,6 +376,7 @@ fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
         prometheus: prom_url.clone(),
         queries,
         capacity: Vec::new(),
+        counters: Vec::new(),
         step: Duration::from_secs(1),
         interval: Duration::from_secs(2),
         warmup: Duration::from_secs(120),
@@ -398,7 +404,7 @@ fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
     let cfg = pve.config(
         dir.path(),
         &format!(
-            "{repo}\n[forge]\nkind = \"local\"\n[ai]\nlibrary = \"{lib}\"\n[alerts]\ngroup_wait_seconds = 1\nrunbooks = \"{rb}\"\n[alerts.anomaly]\nprometheus_url = \"{prom_url}\"\nstep_seconds = 1\ninterval_seconds = 2\nwarmup_hours = 0.03\nwarmup_points = 20\nforecast_window_days = 0.001\nforecast_every_minutes = 0.1\n[[alerts.anomaly.queries]]\nkind = \"synthetic\"\nexpr = \"labops_synth\"\n[[alerts.anomaly.capacity]]\nname = \"zfs_pool\"\nused = \"labops_fill\"\nsize = \"1000\"\nhorizon_days = 14\n",
+            "{repo}\n[forge]\nkind = \"local\"\n[ai]\nlibrary = \"{lib}\"\n[alerts]\ngroup_wait_seconds = 1\nrunbooks = \"{rb}\"\n[alerts.anomaly]\nprometheus_url = \"{prom_url}\"\nstep_seconds = 1\ninterval_seconds = 2\nwarmup_hours = 0.03\nwarmup_points = 20\nforecast_window_days = 0.001\nforecast_every_minutes = 0.1\n[[alerts.anomaly.queries]]\nkind = \"synthetic\"\nexpr = \"labops_synth\"\n[[alerts.anomaly.capacity]]\nname = \"zfs_pool\"\nused = \"labops_fill\"\nsize = \"1000\"\nhorizon_days = 14\n[[alerts.anomaly.counters]]\nname = \"smart_reallocated_sectors\"\nexpr = \"labops_smart_reallocated\"\n",
             lib = root.join("workflows").display(),
             rb = root.join("runbooks").display(),
         ),
@@ -435,6 +441,11 @@ fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
     let detail = labops().args(["--config", cfg.to_str().unwrap(), "incidents", "show", &anomalies[0]["id"].to_string(), "--json"]).output().unwrap();
     let detail = String::from_utf8_lossy(&detail.stdout).to_string();
     assert!(detail.contains("node=n07,series=s123"), "the planted series: {detail}");
+    // The disk's reallocated sectors rose at the same moment: a CounterRising alert, on the NAS,
+    // so in the NAS's incident with the forecast (one machine, one incident).
+    let show = |id: &Value| String::from_utf8_lossy(&labops().args(["--config", cfg.to_str().unwrap(), "incidents", "show", &id.to_string(), "--json"]).output().unwrap().stdout).to_string();
+    eventually(60, "a CounterRising alert", || show(&forecast["id"]).contains("smart_reallocated_sectors on /dev/sda rose by 8 (from 0)").then_some(()));
+    assert!(show(&forecast["id"]).contains("CounterRising"));
     std::thread::sleep(Duration::from_secs(6));
     let all = by_title("AnomalyDetected");
     let text = serde_json::to_string(&all).unwrap();
