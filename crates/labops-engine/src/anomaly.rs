@@ -3,7 +3,9 @@
 //!
 //! Each configured query (a kind such as `cpu` or `disk_usage`, and a PromQL expression) is
 //! read once over the warm-up window with a range query, then every `interval` from where each
-//! series left off, so a tick that was missed is caught up and nothing is scored twice. Each
+//! series left off, so a tick that was missed is caught up and nothing is scored twice. The
+//! warm-up's history teaches the detectors and raises nothing (a restart does not replay a
+//! day of alarms). Each
 //! series (its labels) has its own [`Detector`]; a score at or above the alarm becomes an
 //! `AnomalyDetected` alert carrying the series' labels (so the desk locates it on the inventory
 //! and correlates it with everything else), and resolves after a quiet stretch.
@@ -132,6 +134,8 @@ pub struct Watcher {
     series: HashMap<(usize, String), Series>,
     last_forecast: Option<std::time::Instant>,
     forecasting: HashMap<String, bool>,
+    /// Points up to this time (the first read's) are history: they teach, they do not alert.
+    history_until: Option<f64>,
 }
 
 fn key(labels: &BTreeMap<String, String>) -> String {
@@ -145,7 +149,7 @@ impl Watcher {
     /// A watcher that has read nothing yet.
     pub fn new(watch: Watch) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
-        Self { watch, http, series: HashMap::new(), last_forecast: None, forecasting: HashMap::new() }
+        Self { watch, http, series: HashMap::new(), last_forecast: None, forecasting: HashMap::new(), history_until: None }
     }
 
     /// Series being watched.
@@ -180,6 +184,7 @@ impl Watcher {
     pub async fn read(&mut self, now: f64) -> Pass {
         let mut pass = Pass::default();
         let step = self.watch.step.as_secs_f64().max(0.001);
+        let history = *self.history_until.get_or_insert(now);
         for (qi, q) in self.watch.queries.clone().iter().enumerate() {
             let known: Vec<f64> = self.series.iter().filter(|((i, _), _)| *i == qi).map(|(_, s)| s.last).collect();
             let start = if known.is_empty() { now - self.watch.warmup.as_secs_f64() } else { known.iter().copied().fold(f64::INFINITY, f64::min) + step };
@@ -216,6 +221,9 @@ impl Watcher {
                     let score = s.detector.score(v);
                     pass.points += 1;
                     let at = (*t * 1000.0) as i64;
+                    if *t <= history {
+                        continue;
+                    }
                     if score >= alarm {
                         s.quiet_points = 0;
                         if s.firing_since.is_none() {

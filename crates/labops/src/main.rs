@@ -260,6 +260,19 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The detector over many series at once, as the anomaly watcher runs it: points per
+    /// second and memory per series.
+    Series {
+        /// Series (50 nodes x 200 series by default).
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// Points per series (two days at one a minute by default; alarms count from day two).
+        #[arg(long, default_value_t = 2_880)]
+        points: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time-to-full forecasts on generated growth curves (linear, stepwise, with daily cycles;
     /// fixed seeds) against the moment each noiseless curve reaches its capacity.
     Forecast {
@@ -279,6 +292,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config { command: ConfigCommand::Validate } => return validate(cli.config.as_deref()),
         Command::Bench { command: BenchCommand::Nab { data, labels, out, profiles, json } } => return nab_cmd::run(data, labels, out, profiles.as_deref(), *json),
         Command::Bench { command: BenchCommand::Forecast { cases, json } } => return nab_cmd::forecast(*cases, *json),
+        Command::Bench { command: BenchCommand::Series { series, points, json } } => return nab_cmd::series(*series, *points, *json),
         _ => {}
     }
     let loaded = config::load(cli.config.as_deref());
@@ -357,7 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = lab.store().context("`labops ask` needs the state database")?.clone();
             ask_cmd::ask(&cfg, store, &lab, &text, &docs, hard, json).await?
         }
-        Command::Bench { command: BenchCommand::Nab { .. } | BenchCommand::Forecast { .. } } => unreachable!("handled above"),
+        Command::Bench { command: BenchCommand::Nab { .. } | BenchCommand::Forecast { .. } | BenchCommand::Series { .. } } => unreachable!("handled above"),
         Command::Bench { command: BenchCommand::Eval { cases, model, limit, json } } => {
             let store = lab.store().context("`labops bench eval` needs the state database")?.clone();
             ask_cmd::eval(&cfg, store, &lab, &cases, &model, limit, json).await?

@@ -1,5 +1,6 @@
 //! `labops bench nab`: the detector over the Numenta Anomaly Benchmark, scored by NAB's rules;
-//! `labops bench forecast`: time-to-full forecasts against generated curves with known answers.
+//! `labops bench forecast`: time-to-full forecasts against generated curves with known answers;
+//! `labops bench series`: the detector over many series at once.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -116,4 +117,52 @@ pub fn forecast(per_shape: u64, json: bool) -> anyhow::Result<ExitCode> {
         eprintln!("{} cases of 4,032 points each in {:.2} s", corpus.len(), elapsed.as_secs_f64());
     }
     Ok(if all_within { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Resident memory of this process in bytes (Linux), for the memory report.
+fn resident_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: usize = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Many series round-robin, one point each per round, as the watcher feeds them.
+pub fn series(count: usize, points: usize, json: bool) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!((1..=1_000_000).contains(&count), "--series {count} is out of range; use 1..=1000000");
+    anyhow::ensure!((1..=1_000_000).contains(&points), "--points {points} is out of range; use 1..=1000000");
+    let before = resident_bytes().unwrap_or(0);
+    let mut detectors: Vec<Detector> = (0..count).map(|_| Detector::new(Config::default())).collect();
+    // Each series: its own level, a daily cycle (1,440 points a day), and a fixed wiggle.
+    let value = |s: usize, i: usize| -> f64 {
+        let wiggle = ((s as f64 * 0.618 + i as f64 * 12.9898).sin() * 43758.5453).fract().abs();
+        100.0 + (s % 97) as f64 + 20.0 * (i as f64 * std::f64::consts::TAU / 1440.0).sin() + 3.0 * wiggle
+    };
+    let started = Instant::now();
+    let mut alarms = 0usize;
+    for i in 0..points {
+        for (s, d) in detectors.iter_mut().enumerate() {
+            // Alarms are counted after the first day: the first cycle is all new.
+            if d.score(value(s, i)) >= Config::default().alarm && i >= 1440 {
+                alarms += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let state: usize = detectors.iter().map(Detector::memory_bytes).sum();
+    let resident = resident_bytes().unwrap_or(0).saturating_sub(before);
+    let total = count * points;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "series": count, "points": total, "seconds": elapsed, "points_per_second": total as f64 / elapsed.max(1e-9),
+                "state_bytes_per_series": state / count, "resident_bytes_per_series": resident / count, "alarms": alarms,
+            }))?
+        );
+    } else {
+        println!("{count} series x {points} points: {:.0} points/s on one core", total as f64 / elapsed.max(1e-9));
+        println!("state per series: {} bytes (detector), {} bytes resident", state / count, resident / count);
+        println!("alarms on these quiet series after their first day: {alarms}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
