@@ -15,7 +15,9 @@
 //! 2. **Anomaly likelihood** (as Numenta's HTM detector does it): how unlikely the mean raw
 //!    score of the last `short` points is, given the mean and spread of the last `long` raw
 //!    scores. A never-seen value at every order scores 1 outright. After an alarm the next
-//!    `rest` points score 0: one event, one alarm.
+//!    `rest` points score 0: one event, one alarm; except a never-seen value more than half the
+//!    range beyond everything seen, which no rest period hides (NAB's score is the same with
+//!    or without this exception; a real outage right after a blip is not).
 //!
 //! What it does not see: a familiar shape at an unfamiliar time (a daily peak that does not
 //! come, the value resting at a level it knows), since the model has no clock.
@@ -224,6 +226,9 @@ impl Detector {
             return 0.0;
         }
         self.n += 1;
+        // Far outside everything seen (by half the range): a jump no rest period hides.
+        let spread = self.hi - self.lo;
+        let far = self.n > 1 && (x > self.hi + 0.5 * spread || x < self.lo - 0.5 * spread);
         self.lo = self.lo.min(x);
         self.hi = self.hi.max(x);
         // A tiny floor relative to the level keeps a flat series on a sensible grid.
@@ -239,11 +244,12 @@ impl Detector {
         raw /= self.grids.len().max(1) as f64;
         let likelihood = self.likelihood(raw);
         self.since_alarm = self.since_alarm.saturating_add(1);
-        if self.since_alarm <= self.cfg.rest {
+        // Unseen at every order and grid, once the series has a history: a new level or spike.
+        let new_level = unseen && self.long.len() >= self.cfg.warmup;
+        if self.since_alarm <= self.cfg.rest && !(new_level && far) {
             return 0.0;
         }
-        // Unseen at every order and grid, once the series has a history: a new level or spike.
-        let out = if unseen && self.long.len() >= self.cfg.warmup { 1.0 } else { likelihood * 0.9999 };
+        let out = if new_level { 1.0 } else { likelihood * 0.9999 };
         if out >= self.cfg.alarm {
             self.since_alarm = 0;
         }
@@ -315,6 +321,14 @@ mod tests {
         // A spike.
         let (quiet, spike) = run(daily, |i| if i == 4000 { 200.0 } else { daily(i) }, 4000, 10);
         assert!(spike >= alarm, "spike: {spike}");
+        // A jump far outside the range, right after another alarm, is not hidden by the rest.
+        let mut d = Detector::new(Config::default());
+        for i in 0..3000 {
+            d.score(daily(i));
+        }
+        assert!(d.score(75.0) >= alarm, "a new high");
+        assert_eq!(d.score(daily(3001)), 0.0, "the rest period");
+        assert!(d.score(500.0) >= alarm, "a far jump in the rest period");
         assert!(quiet < alarm, "a quiet daily cycle alarmed: {quiet}");
         // A level shift.
         let (_, shift) = run(daily, |i| daily(i) + 60.0, 4000, 50);

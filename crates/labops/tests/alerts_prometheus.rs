@@ -434,7 +434,7 @@ fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
     // Let the watcher warm up on the synthetic series, then plant the shift.
     std::thread::sleep(Duration::from_secs(8));
     plant.store(true, std::sync::atomic::Ordering::SeqCst);
-    let anomalies = eventually(60, "an AnomalyDetected incident", || {
+    let anomalies = eventually(120, "an AnomalyDetected incident", || {
         let a = by_title("AnomalyDetected");
         (!a.is_empty()).then_some(a)
     });
