@@ -25,10 +25,11 @@ SHARED = pathlib.Path(os.environ.get('LABOPS_TEST_SHARED', ROOT.parent / 'shared
 LABOPS = os.environ.get('LABOPS_TEST_BIN', str(ROOT / 'target' / 'release' / 'labops'))
 READ_TOOLS = {'inventory_summary', 'list_entities', 'k8s_workloads', 'get_entity', 'resolve', 'node_status',
               'guest_status', 'impact_of', 'list_runs', 'run_status', 'watch_run', 'list_changes', 'change_status',
-              'list_incidents', 'get_incident'}
+              'list_incidents', 'get_incident', 'wishlist_list', 'wishlist_explain'}
 # Tools that record something (a proposal, a human's answer, an acknowledgement, a silence) but
 # change nothing in the lab.
-RECORD_TOOLS = {'propose_change', 'request_approval', 'process_task', 'ack_incident', 'resolve_incident', 'silence'}
+RECORD_TOOLS = {'propose_change', 'request_approval', 'process_task', 'ack_incident', 'resolve_incident', 'silence',
+                'wishlist_add', 'wishlist_next', 'record_outcome'}
 TOOLS = READ_TOOLS | RECORD_TOOLS
 
 
@@ -220,6 +221,41 @@ def test_incidents_over_mcp(served):
                     assert not s.is_error and s.structured_content['silence'] >= 1
                     bad = await session.call_tool('silence', {'matchers': ['GuestDown'], 'minutes': 5, 'by': 'alice'})
                     assert bad.is_error and 'not a matcher' in bad.content[0].text
+    asyncio.run(run())
+
+
+def test_wishlist_over_mcp(served):
+    """An MCP client adds items, reads the ranking and an explanation, proposes the next one."""
+    async def run():
+        headers = {'Authorization': 'Bearer ' + served['token']}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as client:
+            async with streamable_http_client(served['url'], http_client=client) as streams:
+                async with ClientSession(streams[0], streams[1]) as session:
+                    await session.initialize()
+                    a = await session.call_tool('wishlist_add', {'title': 'Tailscale integration', 'category': 'networking',
+                                                                 'factors': {'time_saved': 8, 'learning': 8, 'security': 9, 'complexity': 6, 'risk': 2, 'effort': 2}})
+                    assert not a.is_error, a.content[0].text
+                    first = a.structured_content['item']['id']
+                    b = await session.call_tool('wishlist_add', {'title': 'Paperless-NGX', 'category': 'documents', 'depends_on': [first],
+                                                                 'factors': {'time_saved': 20, 'learning': 9}})
+                    assert not b.is_error, b.content[0].text
+                    bad = await session.call_tool('wishlist_add', {'title': 'x', 'category': 'net', 'factors': {'fun': 3}})
+                    assert bad.is_error and 'unknown factor' in bad.content[0].text
+                    listed = (await session.call_tool('wishlist_list', {})).structured_content['items']
+                    mine = [l for l in listed if l['item']['id'] in (first, b.structured_content['item']['id'])]
+                    assert [l['item']['title'] for l in mine] == ['Tailscale integration', 'Paperless-NGX'], mine
+                    assert mine[1]['blocked_by'] == [first]
+                    e = (await session.call_tool('wishlist_explain', {'item': first})).structured_content['explanation']
+                    assert any('complexity 6' in line for line in e['formula']), e
+                    assert {f['name']: f['provenance'] for f in e['factors']}['cost_once'] == 'default'
+                    n = await session.call_tool('wishlist_next', {})
+                    assert not n.is_error, n.content[0].text
+                    proposed = n.structured_content['proposed']
+                    assert proposed and proposed['item'] == first and proposed['change'].startswith('chg-'), n.structured_content
+                    status = (await session.call_tool('change_status', {'change': proposed['change']})).structured_content
+                    assert status['state'] == 'awaiting_approval', status
+                    done = await session.call_tool('record_outcome', {'item': first, 'actual': {'effort': 3}})
+                    assert not done.is_error and done.structured_content['item']['status'] == 'done'
     asyncio.run(run())
 
 

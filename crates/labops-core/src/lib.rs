@@ -15,6 +15,7 @@
 
 pub mod change;
 pub mod inventory;
+pub mod wishlist;
 pub mod workflow;
 pub mod resolve;
 pub mod source;

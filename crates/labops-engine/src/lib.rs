@@ -26,6 +26,7 @@ pub mod monitor;
 pub mod runs;
 pub mod service;
 pub mod tasks;
+pub mod wishlist;
 
 pub use lab::{Lab, LabOptions, Snapshot, SourceSpec};
 pub use service::{Freshness, ServiceError};

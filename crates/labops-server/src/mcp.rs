@@ -374,6 +374,54 @@ pub struct ApprovalAnswer {
 }
 rmcp::elicit_safe!(ApprovalAnswer);
 
+/// Arguments of `wishlist_explain`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WishArgs {
+    /// The item's number.
+    pub item: i64,
+}
+
+/// Arguments of `record_outcome`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct OutcomeArgs {
+    /// The item's number.
+    pub item: i64,
+    /// What it actually took: `effort` (hours), `cost_once`, `cost_monthly`, `time_saved`...
+    pub actual: std::collections::BTreeMap<String, f64>,
+}
+
+/// One wishlist item.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WishItem {
+    /// Number, title, source, category, dependencies, factors (value, provenance, reason), status,
+    /// changes.
+    pub item: serde_json::Value,
+}
+
+/// The wishlist, ranked.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WishListed {
+    /// Each: the item, its rank among open items, its score breakdown, what it waits for.
+    pub items: Vec<serde_json::Value>,
+}
+
+/// Why an item scores what it scores.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WishExplained {
+    /// The item, its rank, every factor with its provenance, the formula with its numbers,
+    /// missing factors.
+    pub explanation: serde_json::Value,
+}
+
+/// What `wishlist_next` did.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WishNext {
+    /// The item proposed and its change, or null when nothing is ready.
+    pub proposed: Option<serde_json::Value>,
+    /// In words.
+    pub message: String,
+}
+
 fn run_error(message: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
@@ -574,6 +622,67 @@ impl LabMcp {
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+    }
+
+    fn wishlist(&self) -> Result<labops_engine::wishlist::Wishlist, CallToolResult> {
+        let changes = self.changes()?;
+        Ok(labops_engine::wishlist::Wishlist::new(changes.engine().store().clone(), Some(changes.clone())))
+    }
+
+    /// Adds an item to the wishlist: title, category, where it came from (`owner`, `incident`,
+    /// `anomaly`, `forecast`, `predicted`, `community`), dependencies (item numbers), hardware,
+    /// and the factor values known (`time_saved` hours/month, `cost_once`, `cost_monthly`,
+    /// `learning`, `security`, `complexity`, `risk` 0-10, `effort` hours). It changes nothing in
+    /// the lab.
+    #[tool(annotations(title = "Add a wishlist item", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false))]
+    async fn wishlist_add(&self, Parameters(a): Parameters<labops_engine::wishlist::NewItem>) -> Result<Json<WishItem>, CallToolResult> {
+        let w = self.wishlist()?;
+        let r = w.add(a, self.actor).await;
+        self.audit::<()>("wishlist_add", None, serde_json::json!({"ok": r.is_ok()}), &Ok(()));
+        let item = r.map_err(|e| run_error(e.to_string()))?;
+        Ok(Json(WishItem { item: serde_json::to_value(item).unwrap_or_default() }))
+    }
+
+    /// The wishlist ranked by ROI (0-10, the documented formula): open items by rank, each after
+    /// what it depends on, then done and dropped ones; each with its score breakdown.
+    #[tool(annotations(title = "Wishlist", read_only_hint = true, open_world_hint = false))]
+    async fn wishlist_list(&self) -> Result<Json<WishListed>, CallToolResult> {
+        let r = self.wishlist()?.list().await.map_err(|e| run_error(e.to_string()))?;
+        self.audit::<()>("wishlist_list", None, serde_json::json!({}), &Ok(()));
+        Ok(Json(WishListed { items: r.iter().map(|l| serde_json::to_value(l).unwrap_or_default()).collect() }))
+    }
+
+    /// Why a wishlist item scores what it scores: every factor with its value, unit, where it
+    /// came from (owner, AI estimate, measured, default) and why, and the formula with this
+    /// item's numbers.
+    #[tool(annotations(title = "Explain a wishlist item", read_only_hint = true, open_world_hint = false))]
+    async fn wishlist_explain(&self, Parameters(a): Parameters<WishArgs>) -> Result<Json<WishExplained>, CallToolResult> {
+        let r = self.wishlist()?.explain(a.item).await.map_err(|e| run_error(e.to_string()))?;
+        self.audit::<()>("wishlist_explain", Some(&format!("wish/{}", a.item)), serde_json::json!({}), &Ok(()));
+        Ok(Json(WishExplained { explanation: serde_json::to_value(r).unwrap_or_default() }))
+    }
+
+    /// Proposes the best wishlist item whose dependencies are done as a change (an issue, the
+    /// analysis with its ROI, the owner's manual steps and hours, success metrics), for a human
+    /// to approve. Nothing runs before that approval.
+    #[tool(annotations(title = "Propose the next wishlist item", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false))]
+    async fn wishlist_next(&self) -> Result<Json<WishNext>, CallToolResult> {
+        let r = self.wishlist()?.next(Actor::Ai(self.actor.to_string())).await;
+        self.audit::<()>("wishlist_next", None, serde_json::json!({"ok": r.is_ok()}), &Ok(()));
+        match r.map_err(|e| run_error(e.to_string()))? {
+            Some(p) => Ok(Json(WishNext { message: format!("proposed wishlist #{} as {} for approval", p.item, p.change), proposed: Some(serde_json::to_value(p).unwrap_or_default()) })),
+            None => Ok(Json(WishNext { proposed: None, message: "no open idea has all its dependencies done".into() })),
+        }
+    }
+
+    /// Records what a wishlist item actually took (`effort` hours, `cost_once`...) against its
+    /// estimates; the item is done and the ROI model recalibrates its category.
+    #[tool(annotations(title = "Record a wishlist outcome", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false))]
+    async fn record_outcome(&self, Parameters(a): Parameters<OutcomeArgs>) -> Result<Json<WishItem>, CallToolResult> {
+        let r = self.wishlist()?.record_outcome(a.item, &a.actual, self.actor).await;
+        self.audit::<()>("record_outcome", Some(&format!("wish/{}", a.item)), serde_json::json!({"actual": a.actual, "ok": r.is_ok()}), &Ok(()));
+        let item = r.map_err(|e| run_error(e.to_string()))?;
+        Ok(Json(WishItem { item: serde_json::to_value(item).unwrap_or_default() }))
     }
 
     /// Incidents, newest first: the alerts from Alertmanager, Grafana, Uptime Kuma and

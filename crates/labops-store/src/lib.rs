@@ -18,6 +18,7 @@ pub mod ai;
 pub mod alerting;
 pub mod changes;
 pub mod runs;
+pub mod wishlist;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -9,6 +9,7 @@ mod incidents_cmd;
 mod nab_cmd;
 mod render;
 mod runs_cmd;
+mod wishlist_cmd;
 mod workflow_cmd;
 
 use std::path::PathBuf;
@@ -63,6 +64,12 @@ enum Command {
     Change {
         #[command(subcommand)]
         command: change_cmd::ChangeCommand,
+    },
+    /// The wishlist: items ranked by ROI (a documented formula), explained, the next one
+    /// proposed as a change, outcomes recorded and learned from.
+    Wishlist {
+        #[command(subcommand)]
+        command: wishlist_cmd::WishlistCommand,
     },
     /// The hybrid AI engine: `labops ai route TEXT` explains where a request would go.
     Ai {
@@ -343,6 +350,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let store = open_store(&cfg, cli.data_dir.clone()).await?;
         return change_cmd::run(command, &cfg, store).await;
     }
+    if let Command::Wishlist { command } = &cli.command {
+        let store = open_store(&cfg, cli.data_dir.clone()).await?;
+        let changes = change_cmd::service(&cfg, store.clone()).await?;
+        return wishlist_cmd::run(command, labops_engine::wishlist::Wishlist::new(store, Some(changes))).await;
+    }
     if let Command::Workflow { command } = &cli.command {
         let store = open_store(&cfg, cli.data_dir.clone()).await?;
         // Starting a run resolves what its steps name against the live inventory.
@@ -364,6 +376,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Config { .. }
         | Command::Workflow { .. }
         | Command::Change { .. }
+        | Command::Wishlist { .. }
         | Command::Audit { .. }
         | Command::Ai { .. }
         | Command::Incidents { .. } => unreachable!("handled above"),
@@ -675,6 +688,7 @@ fn one_shot(lab: &Lab, cmd: Command) -> anyhow::Result<ExitCode> {
         | Command::Config { .. }
         | Command::Workflow { .. }
         | Command::Change { .. }
+        | Command::Wishlist { .. }
         | Command::Audit { .. }
         | Command::Ai { .. }
         | Command::Incidents { .. }
