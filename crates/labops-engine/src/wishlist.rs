@@ -229,6 +229,64 @@ impl Wishlist {
         Ok(item)
     }
 
+    /// Asks the AI engine (its privacy router and audit apply) for the factors nobody gave,
+    /// from the item's text and `context` (the lab in a few words: counts, not names). Each value
+    /// the model gives is checked like an owner's and stored marked as an estimate with the
+    /// model's reason; what it gets wrong is listed, not stored.
+    pub async fn estimate(&self, id: i64, ai: &labops_ai::engine::Ai, context: &str, actor: &str) -> Result<(Item, Vec<String>), WishError> {
+        use labops_ai::model::{Message, Request};
+        let mut item = self.store.wish(id).await?.ok_or(WishError::Unknown(id))?;
+        let missing: Vec<&'static str> = item.missing();
+        if missing.is_empty() {
+            return Ok((item, vec!["every factor is given; nothing to estimate".into()]));
+        }
+        let units: Vec<String> = wishlist::FACTORS.iter().filter(|(n, _, _)| missing.contains(n)).map(|(n, u, _)| format!("{n} ({u})")).collect();
+        let known: Vec<String> = item.factors.iter().map(|(n, f)| format!("{n} = {}", f.value)).collect();
+        let props: serde_json::Map<String, serde_json::Value> = missing
+            .iter()
+            .map(|n| (n.to_string(), serde_json::json!({"type": "object", "properties": {"value": {"type": "number"}, "reason": {"type": "string"}}, "required": ["value", "reason"]})))
+            .collect();
+        let req = Request {
+            system: "You estimate the ROI factors of a homelab project for its owner. Answer with one JSON object only: for each factor asked, {\"value\": a number, \"reason\": one short sentence}. Be realistic for one person running a small lab; 0-10 scales are 0 none, 5 typical, 10 extreme.".into(),
+            messages: vec![Message::user(format!(
+                "Project: {}\nCategory: {}\nDescription: {}\nHardware: {}\nKnown factors: {}\nThe lab: {context}\nEstimate these factors: {}",
+                item.title,
+                item.category,
+                if item.description.is_empty() { "(none)" } else { &item.description },
+                item.hardware.as_deref().unwrap_or("none"),
+                if known.is_empty() { "none".into() } else { known.join(", ") },
+                units.join(", ")
+            ))],
+            tools: Vec::new(),
+            schema: Some(serde_json::json!({"type": "object", "properties": props, "required": missing})),
+            max_tokens: 800,
+        };
+        let call = labops_ai::engine::Call { actor: actor.to_string(), task: Some(format!("wish/{id}")), purpose: None, hard: false, sampling: None };
+        let served = ai.chat(&req, &call, None).await.map_err(|e| WishError::Change(format!("no estimate: {e}")))?;
+        // The model's text is untrusted: one JSON object, each value checked.
+        let text = served.reply.text.trim();
+        let json = text.find('{').and_then(|a| text.rfind('}').map(|b| &text[a..=b])).unwrap_or("");
+        let answer: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).map_err(|_| WishError::Change(format!("the model did not answer with a JSON object: {:?}", text.chars().take(200).collect::<String>())))?;
+        let mut notes = Vec::new();
+        for name in &missing {
+            let Some(v) = answer.get(*name) else {
+                notes.push(format!("{name}: not estimated"));
+                continue;
+            };
+            let value = v.get("value").and_then(serde_json::Value::as_f64).or_else(|| v.as_f64());
+            let reason: String = v.get("reason").and_then(serde_json::Value::as_str).unwrap_or("").chars().filter(|c| !c.is_control()).take(300).collect();
+            match value.map(|x| (x, wishlist::check_factor(name, x))) {
+                Some((x, Ok(()))) => {
+                    item.factors.insert(name.to_string(), Factor { value: x, provenance: Provenance::Estimate, reason: format!("AI estimate ({}): {reason}", served.provider) });
+                }
+                Some((_, Err(e))) => notes.push(format!("rejected: {e}")),
+                None => notes.push(format!("{name}: not a number")),
+            }
+        }
+        self.store.update_wish(&item, actor, &format!("AI estimates by {}", served.provider), now_ms()).await?;
+        Ok((item, notes))
+    }
+
     /// Every item, ranked (open ones by rank, then done and dropped), after following their
     /// changes.
     pub async fn list(&self) -> Result<Vec<Listed>, WishError> {

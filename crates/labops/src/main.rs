@@ -353,7 +353,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Wishlist { command } = &cli.command {
         let store = open_store(&cfg, cli.data_dir.clone()).await?;
         let changes = change_cmd::service(&cfg, store.clone()).await?;
-        return wishlist_cmd::run(command, labops_engine::wishlist::Wishlist::new(store, Some(changes))).await;
+        // Estimates need a model and a few words on the lab (counts, not names).
+        let ai = match command {
+            wishlist_cmd::WishlistCommand::Estimate { .. } => {
+                let ai = ai_cmd::engine(&cfg, &store)?;
+                if ai.is_configured() {
+                    let lab = start_lab_with(&cfg, store.clone()).await?;
+                    lab.wait_until_reported(std::time::Duration::from_secs(20)).await;
+                    let s = lab.inventory_summary();
+                    let counts: Vec<String> = s.counts.iter().map(|(k, n)| format!("{n} {}", k.as_str())).collect();
+                    Some((ai, counts.join(", ")))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        return wishlist_cmd::run(command, labops_engine::wishlist::Wishlist::new(store, Some(changes)), ai).await;
     }
     if let Command::Workflow { command } = &cli.command {
         let store = open_store(&cfg, cli.data_dir.clone()).await?;

@@ -71,6 +71,12 @@ pub enum WishlistCommand {
         #[arg(long)]
         estimate: bool,
     },
+    /// Ask the AI engine to estimate the factors nobody gave (marked as estimates; the privacy
+    /// router decides which model may see the item).
+    Estimate {
+        /// The item's number.
+        item: i64,
+    },
     /// Propose the best item whose dependencies are done as a change, for approval.
     Next {
         /// Print JSON.
@@ -113,7 +119,7 @@ fn user() -> String {
 }
 
 /// Runs one wishlist command.
-pub async fn run(cmd: &WishlistCommand, w: Wishlist) -> anyhow::Result<ExitCode> {
+pub async fn run(cmd: &WishlistCommand, w: Wishlist, ai: Option<(std::sync::Arc<labops_ai::engine::Ai>, String)>) -> anyhow::Result<ExitCode> {
     let who = user();
     match cmd {
         WishlistCommand::Add { title, category, description, source, depends_on, hardware, factors, reason, json } => {
@@ -202,6 +208,16 @@ pub async fn run(cmd: &WishlistCommand, w: Wishlist) -> anyhow::Result<ExitCode>
             let prov = if *estimate { Provenance::Estimate } else { Provenance::Owner };
             w.set_factor(*item, &name, value, prov, reason, &who).await?;
             println!("wishlist #{item}: {name} = {value}");
+        }
+        WishlistCommand::Estimate { item } => {
+            let (ai, context) = ai.ok_or_else(|| anyhow::anyhow!("no model is configured: set [ai.local] (or [ai.cloud]) in labops.toml; see `labops init`"))?;
+            let (i, notes) = w.estimate(*item, &ai, &context, &who).await?;
+            for f in i.factors.iter().filter(|(_, f)| f.provenance == Provenance::Estimate) {
+                println!("{} = {}  ({})", f.0, f.1.value, f.1.reason);
+            }
+            for n in &notes {
+                println!("note: {n}");
+            }
         }
         WishlistCommand::Next { json } => match w.next(Actor::Human(who.clone())).await? {
             Some(p) if *json => println!("{}", serde_json::to_string_pretty(&p)?),

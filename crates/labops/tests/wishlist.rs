@@ -145,3 +145,34 @@ fn tier_one_ranks_by_the_formula_and_the_best_ready_item_goes_through_a_change()
     let learning = lab.json(&["wishlist", "learning", "--json"]);
     assert_eq!(learning["outcomes"], 3, "{learning}");
 }
+
+/// Missing factors are estimated by the AI engine (a scripted model speaking Ollama's wire
+/// format): each value checked like an owner's, stored marked as an estimate with the model's
+/// reason; an out-of-range value is rejected and said; the prompt carries the lab as counts.
+#[test]
+fn missing_factors_are_estimated_and_marked_and_bad_estimates_are_refused() {
+    use labops_testkit::llm::{ScriptedLlm, Turn};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let answer = serde_json::json!({
+        "time_saved": {"value": 3, "reason": "documents are found in seconds instead of minutes"},
+        "learning": {"value": 14, "reason": "very much"},
+        "complexity": {"value": 5, "reason": "a compose stack and an OCR model"},
+    });
+    let llm = rt.block_on(ScriptedLlm::start(vec![Turn::text(answer.to_string())])).unwrap();
+    let fake = FakePve::reference();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = gitops_repo(dir.path(), &[]);
+    let config = fake.config(dir.path(), &format!("{repo}\n[forge]\nkind = \"local\"\n[ai.local]\nprovider = \"ollama\"\nurl = \"{}\"\nmodel = \"scripted\"\n", llm.url()));
+    let lab = Lab { _fake: fake, _dir: dir, config };
+    lab.ok(&["wishlist", "add", "--title", "Paperless-NGX + AI search", "--category", "documents", "--description", "Document management with local LLM", "--factor", "effort=6"]);
+    let out = lab.ok(&["wishlist", "estimate", "1"]);
+    assert!(out.contains("time_saved = 3") && out.contains("rejected: learning = 14 is out of range"), "{out}");
+    let e = lab.json(&["wishlist", "explain", "1", "--json"]);
+    let f = |n: &str| e["factors"].as_array().unwrap().iter().find(|f| f["name"] == n).unwrap().clone();
+    assert_eq!((f("time_saved")["value"].as_f64(), f("time_saved")["provenance"].as_str()), (Some(3.0), Some("estimate")));
+    assert!(f("time_saved")["reason"].as_str().unwrap().starts_with("AI estimate ("), "{e}");
+    assert_eq!(f("learning")["provenance"], "default", "the rejected value is not stored");
+    assert_eq!(f("effort")["provenance"], "owner", "the owner's value stays");
+    let prompt = serde_json::to_string(&llm.requests()[0].body).unwrap();
+    assert!(prompt.contains("Paperless-NGX") && prompt.contains("5 vm"), "the item and the lab as counts: {prompt}");
+}
