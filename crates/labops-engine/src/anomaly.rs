@@ -12,7 +12,8 @@
 //!
 //! Each capacity rule (`used` and `size` expressions whose series share labels) is forecast
 //! over `forecast_window` every `forecast_every`: a series that will be full within its horizon
-//! becomes a `CapacityForecast` alert saying when, with the interval and what to do. Each
+//! becomes a `CapacityForecast` alert saying when, with the interval and what to do, and a
+//! discovered wishlist item (source `forecast`). Each
 //! counter that should stay flat (SMART reallocated or pending sectors, media errors) and rose
 //! over the same window becomes a `CounterRising` alert.
 
@@ -449,6 +450,29 @@ pub fn counter_alert(c: &Counter, metric: &BTreeMap<String, String>, rise: Optio
     }
 }
 
+/// A capacity forecast becomes a discovered wishlist item (once while it is open), so making
+/// room is ranked with everything else the owner might do.
+async fn discover(store: &labops_store::Store, a: &Alert) -> Result<(), crate::wishlist::WishError> {
+    let l = |k: &str| a.labels.get(k).cloned().unwrap_or_default();
+    let thing = ["mountpoint", "pool", "device", "sensor"].iter().find_map(|k| a.labels.get(*k).cloned()).unwrap_or_else(|| l("metric"));
+    let title = format!("Make room: {} {thing} on {}", l("capacity"), l("instance"));
+    if store.wishes().await?.iter().any(|i| i.status.is_open() && i.title == title) {
+        return Ok(());
+    }
+    let new = crate::wishlist::NewItem {
+        title,
+        description: a.annotations.get("summary").cloned().unwrap_or_default(),
+        source: Some("forecast".into()),
+        category: "storage".into(),
+        // An outage avoided is the benefit; the rest is for the owner or an estimate.
+        factors: std::collections::BTreeMap::from([("risk".to_string(), 2.0), ("security".to_string(), 3.0)]),
+        reason: "labops' capacity forecast".into(),
+        ..Default::default()
+    };
+    crate::wishlist::Wishlist::new(store.clone(), None).add(new, "labops").await?;
+    Ok(())
+}
+
 /// Reads and forecasts forever; alerts go through `alerting`.
 pub async fn run(alerting: Alerting, watch: Watch, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(watch.interval.max(Duration::from_millis(100)));
@@ -475,6 +499,11 @@ pub async fn run(alerting: Alerting, watch: Watch, mut stop: tokio::sync::watch:
             if now_ms() - last > 3_600_000 {
                 tracing::warn!("anomaly watcher: {p}");
                 reported.insert(p.clone(), now_ms());
+            }
+        }
+        for a in pass.alerts.iter().filter(|a| a.status == Status::Firing && a.labels.get("alertname").is_some_and(|n| n == "CapacityForecast")) {
+            if let Err(e) = discover(alerting.store(), a).await {
+                tracing::warn!("anomaly watcher: could not add the forecast to the wishlist: {e}");
             }
         }
         if !pass.alerts.is_empty() {

@@ -415,6 +415,12 @@ fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
     let detail = labops().args(["--config", cfg.to_str().unwrap(), "incidents", "show", &forecast["id"].to_string(), "--json"]).output().unwrap();
     let detail = String::from_utf8_lossy(&detail.stdout).to_string();
     assert!(detail.contains("zfs_pool tank reaches 1000 in about") && detail.contains("add a disk"), "{detail}");
+    // ... and a discovered wishlist item, once.
+    let wishes: Value = serde_json::from_slice(&labops().args(["--config", cfg.to_str().unwrap(), "wishlist", "list", "--json"]).output().unwrap().stdout).unwrap();
+    let found: Vec<&Value> = wishes.as_array().unwrap().iter().filter(|w| w["item"]["source"] == "forecast").collect();
+    assert_eq!(found.len(), 1, "{wishes}");
+    assert_eq!(found[0]["item"]["title"], "Make room: zfs_pool tank on nas:9100");
+    assert!(found[0]["item"]["description"].as_str().unwrap().contains("reaches 1000 in about"));
     // The forecast, on the NAS (its `instance`), becomes a proposal to make room, awaiting approval.
     let change = eventually(60, "the capacity-forecast runbook's proposal", || {
         let out = labops().args(["--config", cfg.to_str().unwrap(), "incidents", "show", &forecast["id"].to_string(), "--json"]).output().ok()?;
