@@ -344,7 +344,7 @@ impl Wishlist {
             if item.description.is_empty() { String::new() } else { format!("{}.", item.description.trim_end_matches('.')) }
         );
         format!(
-            "apiVersion: kro.run/v1alpha1\nkind: ResourceGraphDefinition\nmetadata:\n  name: wish-{id}\nspec:\n  resources:\n    - name: implement\n      type: external-task\n      waitForHuman: true\n      instructions: {instructions}\n      form:\n        result: what was done and how it went\n        effort_hours: the hours you spent on it\n    - name: success-check\n      type: milestone\n      dependencies: [implement]\n      description: {metrics}\n",
+            "apiVersion: kro.run/v1alpha1\nkind: ResourceGraphDefinition\nmetadata:\n  name: wish-{id}\nspec:\n  resources:\n    - name: implement\n      type: external-task\n      waitForHuman: true\n      instructions: {instructions}\n      form:\n        result: what was done and how it went\n        effort_hours: the hours you spent on it\n        cost: what it cost, in your currency (0 if nothing)\n    - name: success-check\n      type: milestone\n      dependencies: [implement]\n      description: {metrics}\n",
             id = item.id,
             instructions = quoted(&instructions),
             metrics = quoted(&format!("Success: {}", metrics.join("; "))),
@@ -406,6 +406,17 @@ impl Wishlist {
         Ok(Some(Proposed { item: item.id, title: item.title, score: b.score, change: rec.change.id, issue: rec.change.issue, owner_hours: b.effort_hours, success_metrics: metrics }))
     }
 
+    /// Drops an item (it will not be done), saying why.
+    pub async fn drop_item(&self, id: i64, why: &str, actor: &str) -> Result<Item, WishError> {
+        let mut item = self.store.wish(id).await?.ok_or(WishError::Unknown(id))?;
+        if !item.status.is_open() {
+            return Err(WishError::Invalid(format!("wishlist #{id} is already closed")));
+        }
+        item.status = Status::Dropped;
+        self.store.update_wish(&item, actor, &format!("dropped: {}", why.chars().take(300).collect::<String>()), now_ms()).await?;
+        Ok(item)
+    }
+
     /// Records what an item actually took (`effort` hours, costs...), marks it done, and learns.
     pub async fn record_outcome(&self, id: i64, actual: &BTreeMap<String, f64>, actor: &str) -> Result<Item, WishError> {
         let mut item = self.store.wish(id).await?.ok_or(WishError::Unknown(id))?;
@@ -456,6 +467,7 @@ impl Wishlist {
                 ChangeState::Approved => Status::Approved,
                 ChangeState::Executing | ChangeState::Validating | ChangeState::Documenting | ChangeState::Committed => Status::InProgress,
                 ChangeState::Closed => Status::Done,
+                // Not done: an idea again, its failed change kept in `changes` for the record.
                 ChangeState::Rejected | ChangeState::Failed | ChangeState::RolledBack => Status::Idea,
                 _ => item.status,
             };
@@ -466,12 +478,22 @@ impl Wishlist {
                 let mut actual = BTreeMap::new();
                 if let Some(run) = rec.run_id {
                     for s in self.store.run_steps(run).await.unwrap_or_default() {
-                        let hours = s.outcome.as_ref().and_then(|o| o.get("effort_hours").or_else(|| o.get("data").and_then(|d| d.get("effort_hours"))).cloned());
-                        if let Some(h) = hours.and_then(|h| h.as_f64().or_else(|| h.as_str().and_then(|s| s.trim().parse().ok()))).filter(|h| h.is_finite() && *h > 0.0 && *h < 10_000.0) {
+                        // What the owner reported on completing the step (untrusted: numbers only, in range).
+                        let field = |k: &str| -> Option<f64> {
+                            let v = s.outcome.as_ref()?.get(k).or_else(|| s.outcome.as_ref()?.get("data")?.get(k))?.clone();
+                            v.as_f64().or_else(|| v.as_str().and_then(|t| t.trim().parse().ok())).filter(|x: &f64| x.is_finite() && *x >= 0.0 && *x < 1e9)
+                        };
+                        if let Some(h) = field("effort_hours").filter(|h| *h > 0.0 && *h < 10_000.0) {
                             actual.insert("effort".to_string(), h);
+                        }
+                        if let Some(c) = field("cost").filter(|c| *c > 0.0) {
+                            actual.insert("cost_once".to_string(), c);
                         }
                     }
                 }
+                // How long it took from proposal to close, for the record.
+                let days = (rec.updated_ms - rec.created_ms).max(0) as f64 / 86_400_000.0;
+                item.factors.insert("duration_actual".into(), Factor { value: (days * 100.0).round() / 100.0, provenance: Provenance::Measured, reason: format!("days from proposing {id} to its close") });
                 if actual.is_empty() {
                     item.status = Status::Done;
                     self.store.update_wish(&item, "labops", &format!("{id} closed"), now_ms()).await?;

@@ -91,6 +91,14 @@ pub enum WishlistCommand {
         /// `name=value`, repeat.
         actual: Vec<String>,
     },
+    /// Drop an item: it will not be done.
+    Drop {
+        /// The item's number.
+        item: i64,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// What the model learned: multipliers per category and factor, the error over time.
     Learning {
         /// Print JSON.
@@ -233,6 +241,10 @@ pub async fn run(cmd: &WishlistCommand, w: Wishlist, ai: Option<(std::sync::Arc<
         WishlistCommand::Outcome { item, actual } => {
             let i = w.record_outcome(*item, &pairs(actual)?, &who).await?;
             println!("wishlist #{} is done; recorded {}", i.id, actual.join(", "));
+        }
+        WishlistCommand::Drop { item, reason } => {
+            w.drop_item(*item, reason, &who).await?;
+            println!("wishlist #{item} dropped");
         }
         WishlistCommand::Learning { json } => {
             let l = w.learning().await?;

@@ -124,7 +124,7 @@ fn tier_one_ranks_by_the_formula_and_the_best_ready_item_goes_through_a_change()
     lab.ok(&["change", "approve", &chg]);
     let run = lab.json(&["change", "show", &chg, "--json"])["run_id"].as_i64().expect("a run").to_string();
     assert_eq!(lab.json(&["wishlist", "list", "--json"])[0]["item"]["status"], "in_progress");
-    lab.ok(&["workflow", "complete-step", &run, "implement", "--data", r#"{"result": "exit node up on still-fawn", "effort_hours": 5}"#]);
+    lab.ok(&["workflow", "complete-step", &run, "implement", "--data", r#"{"result": "exit node up on still-fawn", "effort_hours": 5, "cost": "12"}"#]);
     let c = lab.json(&["change", "show", &chg, "--json"]);
     assert_eq!(c["state"], "closed", "{c}");
     let list = lab.json(&["wishlist", "list", "--json"]);
@@ -132,6 +132,8 @@ fn tier_one_ranks_by_the_formula_and_the_best_ready_item_goes_through_a_change()
     assert_eq!(done["item"]["status"], "done", "{done}");
     assert_eq!(done["item"]["factors"]["effort_actual"]["value"], 5.0);
     assert_eq!(done["item"]["factors"]["effort_actual"]["provenance"], "measured");
+    assert_eq!(done["item"]["factors"]["cost_once_actual"]["value"], 12.0, "the reported cost too");
+    assert!(done["item"]["factors"]["duration_actual"]["value"].as_f64().unwrap() >= 0.0);
     // Learned: networking effort 5 h against 2 estimated, shrunk towards 1 by the prior.
     let learning = lab.json(&["wishlist", "learning", "--json"]);
     let m = learning["multipliers"].as_array().unwrap().iter().find(|m| m[0] == "networking" && m[1] == "effort").expect("a networking multiplier").clone();
@@ -143,7 +145,13 @@ fn tier_one_ranks_by_the_formula_and_the_best_ready_item_goes_through_a_change()
     let (ok, text) = lab.run(&["wishlist", "outcome", "2", "effort=9", "cost_monthly=3"]);
     assert!(ok, "{text}");
     let learning = lab.json(&["wishlist", "learning", "--json"]);
-    assert_eq!(learning["outcomes"], 3, "{learning}");
+    assert_eq!(learning["outcomes"], 4, "effort and cost of #1, effort and cost of #2: {learning}");
+    // Dropping: the item leaves the ranking; a closed item cannot be dropped.
+    lab.ok(&["wishlist", "drop", "3", "--reason", "not this year"]);
+    let list = lab.json(&["wishlist", "list", "--json"]);
+    assert!(list.as_array().unwrap().iter().all(|l| l["rank"].is_null()), "nothing open is left: {list}");
+    let (ok, text) = lab.run(&["wishlist", "drop", "1"]);
+    assert!(!ok && text.contains("already closed"), "{text}");
 }
 
 /// Missing factors are estimated by the AI engine (a scripted model speaking Ollama's wire
