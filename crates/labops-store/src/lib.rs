@@ -278,7 +278,7 @@ mod tests {
         let path = dir.path().join("state/labops.db");
         {
             let store = Store::open(&path).await.unwrap();
-            assert_eq!(store.schema_version().await.unwrap(), 6);
+            assert_eq!(store.schema_version().await.unwrap(), 7);
             let mut part = Part::default();
             part.entities.push(Entity::new(EntityKind::Vm, "vm/108", "k3s-vm-still-fawn", "running", "proxmox"));
             store.save_snapshot("proxmox", "https://127.0.0.1:8006", 42, &part).await.unwrap();
@@ -318,7 +318,7 @@ mod tests {
             for o in opens {
                 o.await.unwrap().unwrap();
             }
-            assert_eq!(Store::open(&path).await.unwrap().schema_version().await.unwrap(), 6);
+            assert_eq!(Store::open(&path).await.unwrap().schema_version().await.unwrap(), 7);
         }
     }
 
