@@ -168,9 +168,6 @@ pub struct Item {
     /// Changes made for it.
     #[serde(default)]
     pub changes: Vec<String>,
-    /// A library workflow to propose for it (and its target), if one fits.
-    #[serde(default)]
-    pub workflow: Option<String>,
     /// When it was added (unix ms).
     pub created_ms: i64,
 }
@@ -370,7 +367,6 @@ mod tests {
             factors: factors.iter().map(|(n, v)| (n.to_string(), Factor { value: *v, provenance: Provenance::Owner, reason: String::new() })).collect(),
             status: Status::Idea,
             changes: vec![],
-            workflow: None,
             created_ms: 0,
         }
     }

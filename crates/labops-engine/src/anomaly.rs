@@ -464,9 +464,8 @@ async fn discover(store: &labops_store::Store, a: &Alert) -> Result<(), crate::w
         description: a.annotations.get("summary").cloned().unwrap_or_default(),
         source: Some("forecast".into()),
         category: "storage".into(),
-        // An outage avoided is the benefit; the rest is for the owner or an estimate.
-        factors: std::collections::BTreeMap::from([("risk".to_string(), 2.0), ("security".to_string(), 3.0)]),
-        reason: "labops' capacity forecast".into(),
+        // No factor values: labops knows when, not what making room costs; the owner sets them
+        // or `labops wishlist estimate` asks the AI engine.
         ..Default::default()
     };
     crate::wishlist::Wishlist::new(store.clone(), None).add(new, "labops").await?;

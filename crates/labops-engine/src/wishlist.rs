@@ -179,6 +179,12 @@ impl Wishlist {
         if new.description.len() > 10_000 {
             problems.push("`description` is longer than 10,000 characters".to_string());
         }
+        if new.reason.len() > 500 || new.hardware.as_ref().is_some_and(|h| h.len() > 200) {
+            problems.push("`reason` is longer than 500 characters or `hardware` longer than 200".to_string());
+        }
+        if new.depends_on.len() > 50 || new.factors.len() > 20 {
+            problems.push("at most 50 dependencies and 20 factors".to_string());
+        }
         let category = new.category.trim().to_lowercase();
         if category.is_empty() || category.len() > 40 || !category.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             problems.push(format!("`category` {:?} must be a word (letters, digits, - or _), like networking or storage", new.category));
@@ -213,7 +219,6 @@ impl Wishlist {
             factors: new.factors.into_iter().map(|(n, v)| (n, Factor { value: v, provenance: Provenance::Owner, reason: reason.clone() })).collect(),
             status: Status::Idea,
             changes: Vec::new(),
-            workflow: None,
             created_ms: now_ms(),
         };
         let id = self.store.add_wish(&item, actor, now_ms()).await?;

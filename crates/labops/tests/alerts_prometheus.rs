@@ -421,6 +421,7 @@ fn the_watcher_reads_real_series_and_raises_anomalies_and_forecasts() {
     assert_eq!(found.len(), 1, "{wishes}");
     assert_eq!(found[0]["item"]["title"], "Make room: zfs_pool tank on nas:9100");
     assert!(found[0]["item"]["description"].as_str().unwrap().contains("reaches 1000 in about"));
+    assert_eq!(found[0]["item"]["factors"], serde_json::json!({}), "labops invents no factor values for the owner");
     // The forecast, on the NAS (its `instance`), becomes a proposal to make room, awaiting approval.
     let change = eventually(60, "the capacity-forecast runbook's proposal", || {
         let out = labops().args(["--config", cfg.to_str().unwrap(), "incidents", "show", &forecast["id"].to_string(), "--json"]).output().ok()?;

@@ -57,7 +57,6 @@ fn expected(id: i64, category: &str, factors: &[(&str, f64)]) -> f64 {
         factors: factors.iter().map(|(n, v)| (n.to_string(), Factor { value: *v, provenance: Provenance::Owner, reason: String::new() })).collect(),
         status: Status::Idea,
         changes: vec![],
-        workflow: None,
         created_ms: 0,
     };
     wishlist::score(&item, &Calibration::default()).score
