@@ -1,5 +1,5 @@
 //! Tuning aid: the detector over the NAB subset, with each file's share of the standard score.
-//! `cargo run --release -p labops-aiops --example nab_tune -- ../shared/nab [--files]`
+//! `cargo run --release -p labops-aiops --example nab_tune -- ../shared/nab [--files] [--no-season]`
 //! (`labops bench nab` is the benchmark; this prints where the points are won and lost.)
 
 use labops_aiops::detect::{Config, Detector};
@@ -16,11 +16,18 @@ fn main() {
         }
     };
     let profiles = nab::profiles(&std::fs::read_to_string(root.join("profiles.json")).unwrap_or_default()).unwrap_or_default();
+    let mut cfg = Config::default();
+    if args.iter().any(|a| a == "--no-season") {
+        cfg.season = false;
+    }
+    let mut periods = Vec::new();
     let corpus: Vec<Series> = files
         .iter()
         .map(|f| {
-            let mut d = Detector::new(Config::default());
-            Series { name: f.name.clone(), scores: f.rows.iter().map(|r| d.score(r.2)).collect(), windows: f.windows.clone() }
+            let mut d = Detector::new(cfg);
+            let scores = f.rows.iter().map(|r| d.score(r.2)).collect();
+            periods.push(d.period());
+            Series { name: f.name.clone(), scores, windows: f.windows.clone() }
         })
         .collect();
     let mut standard = 1.0;
@@ -32,14 +39,17 @@ fn main() {
         println!("{name}: {s:.1} (threshold {t:.4})");
     }
     if args.iter().any(|a| a == "--files") {
-        let Some((_, c)) = profiles.first() else { return };
-        for s in &corpus {
+        let Some((_, c)) = profiles.first() else {
+            return;
+        };
+        for (s, period) in corpus.iter().zip(&periods) {
             let start = nab::probation(s.scores.len());
             let dets: Vec<usize> = (start..s.scores.len()).filter(|&i| s.scores[i] >= standard).collect();
             let inside = |d: &usize| s.windows.iter().any(|(a, b)| a <= d && d <= b);
             let hits = s.windows.iter().filter(|(a, b)| dets.iter().any(|d| a <= d && d <= b)).count();
             let fps = dets.iter().filter(|d| !inside(d)).count();
-            println!("{:+7.2} {:55} windows {hits}/{} false positives {fps}", nab::raw_score(s, standard, c), s.name, s.windows.len());
+            let period = period.map(|p| format!("period {p}")).unwrap_or_default();
+            println!("{:+7.2} {:55} windows {hits}/{} false positives {fps} {period}", nab::raw_score(s, standard, c), s.name, s.windows.len());
         }
     }
 }

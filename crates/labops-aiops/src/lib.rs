@@ -7,8 +7,12 @@
 //! - [`desk`]: dedup by fingerprint into incidents, topology-aware correlation over the
 //!   inventory's links (symptoms fold into their failed node's incident), root causes ranked
 //!   with evidence, silences and maintenance windows, flapping.
-//! - [`detect`]: the streaming anomaly detector (issue #7, first version): a baseline per series
-//!   and an anomaly likelihood over its surprises.
+//! - [`detect`]: the streaming anomaly detector (issue #7): the novelty of each point's recent
+//!   shape and of its value at its phase of the series' period, and an anomaly likelihood over
+//!   those surprises.
+//! - [`season`]: the detector's clock: a series' period (augurs' periodogram, checked by the
+//!   autocorrelation) and what each phase of it usually holds.
+//! - [`forecast`]: time-to-limit forecasts with an interval, and counters that should stay flat.
 //! - [`nab`]: the Numenta Anomaly Benchmark's scoring (issue #7): probation, windows weighted by
 //!   a scaled sigmoid, one threshold for the corpus found in one sweep.
 //! - [`runbook`]: rules on alert labels that name a library workflow and its target; withheld
@@ -23,3 +27,4 @@ pub mod forecast;
 pub mod intake;
 pub mod nab;
 pub mod runbook;
+pub mod season;

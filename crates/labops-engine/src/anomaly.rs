@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use labops_aiops::detect::{Config as DetectorConfig, Detector};
+use labops_aiops::detect::{Config as DetectorConfig, Detector, Why};
 use labops_aiops::forecast::{time_to, Forecast};
 use labops_aiops::intake::{fingerprint, Alert, Source, Status};
 use serde::Deserialize;
@@ -229,13 +229,14 @@ impl Watcher {
                         s.quiet_points = 0;
                         if s.firing_since.is_none() {
                             s.firing_since = Some(at);
-                            pass.alerts.push(anomaly_alert(&q.kind, &m.metric, v, score, at, Status::Firing));
+                            let why = describe(s.detector.why(), self.watch.step);
+                            pass.alerts.push(anomaly_alert(&q.kind, &m.metric, v, score, &why, at, Status::Firing));
                         }
                     } else if s.firing_since.is_some() {
                         s.quiet_points += 1;
                         if s.quiet_points >= QUIET {
                             s.firing_since = None;
-                            pass.alerts.push(anomaly_alert(&q.kind, &m.metric, v, score, at, Status::Resolved));
+                            pass.alerts.push(anomaly_alert(&q.kind, &m.metric, v, score, "is back to its usual behaviour", at, Status::Resolved));
                         }
                     }
                 }
@@ -349,8 +350,17 @@ fn series_labels(kind_key: &str, kind: &str, metric: &BTreeMap<String, String>) 
     labels
 }
 
-/// The alert an anomaly becomes.
-pub fn anomaly_alert(kind: &str, metric: &BTreeMap<String, String>, value: f64, score: f64, at_ms: i64, status: Status) -> Alert {
+/// What made a series' point unusual, in words.
+pub fn describe(why: Why, step: Duration) -> String {
+    match why {
+        Why::NewValue => "is a value it has never shown".into(),
+        Why::Shape => "is unlike its recent behaviour".into(),
+        Why::Phase(points) => format!("is unusual for this point of its cycle, which repeats every {}", days(f64::from(points) * step.as_secs_f64())),
+    }
+}
+
+/// The alert an anomaly becomes; `why` says what made it unusual ([`describe`]).
+pub fn anomaly_alert(kind: &str, metric: &BTreeMap<String, String>, value: f64, score: f64, why: &str, at_ms: i64, status: Status) -> Alert {
     let mut labels = series_labels("kind", kind, metric);
     labels.insert("alertname".into(), "AnomalyDetected".into());
     labels.insert("severity".into(), "warning".into());
@@ -358,7 +368,7 @@ pub fn anomaly_alert(kind: &str, metric: &BTreeMap<String, String>, value: f64, 
     let mut annotations = BTreeMap::new();
     annotations.insert(
         "summary".to_string(),
-        format!("unusual {kind}: {what} at {value} is unlike its recent behaviour (anomaly score {score:.4}) [{}]", key(metric)),
+        format!("unusual {kind}: {what} at {value} {why} (anomaly score {score:.4}) [{}]", key(metric)),
     );
     Alert {
         source: Source::Labops,
@@ -520,8 +530,9 @@ mod tests {
     #[test]
     fn alerts_carry_the_series_labels_and_say_what_to_do() {
         let metric = BTreeMap::from([("__name__".to_string(), "node_filesystem_avail_bytes".to_string()), ("instance".to_string(), "nas:9100".to_string()), ("mountpoint".to_string(), "/tank".to_string())]);
-        let a = anomaly_alert("disk_usage", &metric, 3.5, 0.9991, 1_000, Status::Firing);
+        let a = anomaly_alert("disk_usage", &metric, 3.5, 0.9991, &describe(Why::Phase(1440), Duration::from_secs(60)), 1_000, Status::Firing);
         assert_eq!(a.labels["alertname"], "AnomalyDetected");
+        assert!(a.annotations["summary"].contains("at 3.5 is unusual for this point of its cycle, which repeats every 24 hours"), "{:?}", a.annotations);
         assert_eq!(a.labels["instance"], "nas:9100");
         assert_eq!(a.labels["metric"], "node_filesystem_avail_bytes");
         assert!(!a.labels.contains_key("__name__"));
