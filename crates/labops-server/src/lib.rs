@@ -31,10 +31,49 @@ pub async fn serve_stdio(
         .with_changes(changes)
         .with_tasks(tasks)
         .with_incidents(incidents)
-        .serve(rmcp::transport::stdio())
+        .serve(stdio())
         .await?;
     service.waiting().await?;
     Ok(())
+}
+
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// stdin and stdout as the MCP transport. When they are pipes or sockets, as MCP clients start
+/// servers (Python's subprocess gives pipes, Node's child_process socket pairs), they are read
+/// and written through the runtime's event loop, in non-blocking mode, rather than tokio's
+/// stdio, which hands every read and write to a blocking thread: two thread hand-offs less per
+/// message. Anything else (a terminal, a file) goes through tokio's stdio.
+fn stdio() -> (Reader, Writer) {
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::fs::FileTypeExt;
+    use tokio::net::unix::pipe;
+    fn socket(fd: OwnedFd) -> std::io::Result<tokio::net::UnixStream> {
+        let file = std::fs::File::from(fd);
+        if !file.metadata()?.file_type().is_socket() {
+            return Err(std::io::Error::other("not a socket"));
+        }
+        let s = std::os::unix::net::UnixStream::from(OwnedFd::from(file));
+        s.set_nonblocking(true)?;
+        tokio::net::UnixStream::from_std(s)
+    }
+    let fd = |f: std::os::fd::BorrowedFd<'_>| f.try_clone_to_owned();
+    let reader: Reader = if let Ok(r) = fd(std::io::stdin().as_fd()).map(std::fs::File::from).and_then(pipe::Receiver::from_file) {
+        Box::new(r)
+    } else if let Ok(s) = fd(std::io::stdin().as_fd()).and_then(socket) {
+        Box::new(s)
+    } else {
+        Box::new(tokio::io::stdin())
+    };
+    let writer: Writer = if let Ok(w) = fd(std::io::stdout().as_fd()).map(std::fs::File::from).and_then(pipe::Sender::from_file) {
+        Box::new(w)
+    } else if let Ok(s) = fd(std::io::stdout().as_fd()).and_then(socket) {
+        Box::new(s)
+    } else {
+        Box::new(tokio::io::stdout())
+    };
+    (reader, writer)
 }
 
 use labops_aiops::desk::{AlertRecord, Event, Incident};
