@@ -96,7 +96,7 @@ struct Shared {
     state: tokio::sync::Mutex<State>,
     current: RwLock<Arc<Snapshot>>,
     store: Option<Store>,
-    audit: Option<mpsc::Sender<AuditEntry>>,
+    audit: Option<mpsc::Sender<AuditMsg>>,
     generation: watch::Sender<u64>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -201,6 +201,13 @@ impl Lab {
         lab
     }
 
+    /// Writes every audit record given so far, then stops the refresh loops: how a process
+    /// ends its lab.
+    pub async fn close(&self) {
+        self.flush_audit().await;
+        self.shutdown();
+    }
+
     /// Stops the refresh loops.
     pub fn shutdown(&self) {
         for t in self.shared.tasks.lock().expect("tasks lock").drain(..) {
@@ -244,15 +251,28 @@ impl Lab {
     }
 
     /// Records an action in the audit log without waiting for the disk.
+    /// The record is written within [`AUDIT_GATHER`] with whatever else came meanwhile, in one
+    /// transaction; [`Lab::flush_audit`] waits for everything recorded so far.
     pub fn audit(&self, entry: AuditEntry) {
         if let Some(tx) = &self.shared.audit
-            && let Err(mpsc::error::TrySendError::Full(entry)) = tx.try_send(entry) {
-                // Never drop an audit record: wait for room in the background.
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(entry).await;
-                });
+            && let Err(mpsc::error::TrySendError::Full(msg)) = tx.try_send(AuditMsg::Entry(entry))
+        {
+            // Never drop an audit record: wait for room in the background.
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(msg).await;
+            });
+        }
+    }
+
+    /// Waits until every audit record given so far is written (before the process exits).
+    pub async fn flush_audit(&self) {
+        if let Some(tx) = &self.shared.audit {
+            let (done, written) = tokio::sync::oneshot::channel();
+            if tx.send(AuditMsg::Flush(done)).await.is_ok() {
+                let _ = written.await;
             }
+        }
     }
 
     /// The store, when there is one.
@@ -371,16 +391,45 @@ impl Lab {
     }
 }
 
-fn spawn_audit_writer(store: Store) -> mpsc::Sender<AuditEntry> {
-    let (tx, mut rx) = mpsc::channel::<AuditEntry>(4096);
+/// How long the audit writer gathers records after the first of a burst: a burst of tool calls
+/// is one transaction, and a lone call costs its answer no disk work on the way.
+pub const AUDIT_GATHER: Duration = Duration::from_millis(20);
+
+enum AuditMsg {
+    Entry(AuditEntry),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+fn spawn_audit_writer(store: Store) -> mpsc::Sender<AuditMsg> {
+    let (tx, mut rx) = mpsc::channel::<AuditMsg>(4096);
     tokio::spawn(async move {
-        // Everything queued while the last batch was written goes in one transaction.
-        let mut batch = Vec::with_capacity(256);
-        while rx.recv_many(&mut batch, 256).await > 0 {
-            if let Err(err) = store.audit_batch(&batch).await {
+        let mut msgs = Vec::with_capacity(256);
+        while rx.recv_many(&mut msgs, 256).await > 0 {
+            // Gather the rest of the burst, unless someone is waiting for the disk.
+            if !msgs.iter().any(|m| matches!(m, AuditMsg::Flush(_))) {
+                tokio::time::sleep(AUDIT_GATHER).await;
+                while msgs.len() < 1024
+                    && let Ok(m) = rx.try_recv()
+                {
+                    msgs.push(m);
+                }
+            }
+            let mut batch = Vec::with_capacity(msgs.len());
+            let mut waiting = Vec::new();
+            for m in msgs.drain(..) {
+                match m {
+                    AuditMsg::Entry(e) => batch.push(e),
+                    AuditMsg::Flush(done) => waiting.push(done),
+                }
+            }
+            if !batch.is_empty()
+                && let Err(err) = store.audit_batch(&batch).await
+            {
                 tracing::warn!(error = %err, records = batch.len(), "audit records could not be written");
             }
-            batch.clear();
+            for done in waiting {
+                let _ = done.send(());
+            }
         }
     });
     tx
@@ -446,15 +495,8 @@ mod tests {
                 detail: serde_json::Value::Null,
             });
         }
-        let mut n = 0;
-        for _ in 0..100 {
-            n = store.audit_recent(100).await.unwrap().len();
-            if n == 50 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(n, 50);
+        lab.flush_audit().await;
+        assert_eq!(store.audit_recent(100).await.unwrap().len(), 50, "all written once flushed");
         let newest = store.audit_recent(1).await.unwrap();
         assert_eq!(newest[0].action, "a49");
     }

@@ -340,7 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let lab = start_lab_with(&cfg, store.clone()).await?;
                 lab.wait_until_reported(Duration::from_secs(20)).await;
                 let code = incidents_cmd::run(c, store, Some(&lab)).await;
-                lab.shutdown();
+                lab.close().await;
                 code
             }
             Some(c) => incidents_cmd::run(c, store, None).await,
@@ -380,7 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         };
         let code = runs_cmd::run_state(command, &cfg, store, lab.as_ref()).await;
         if let Some(l) = lab {
-            l.shutdown();
+            l.close().await;
         }
         return code;
     }
@@ -516,7 +516,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             one_shot(&lab, cmd)?
         }
     };
-    lab.shutdown();
+    lab.close().await;
     Ok(code)
 }
 
