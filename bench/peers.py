@@ -20,6 +20,9 @@ labops (target/release/labops, LABOPS_BENCH_BIN to override) and the peers `mcp-
     spends re-validating structuredContent against the tool's outputSchema; RSS (VmRSS) after
     the calls;
   * the same ping and listings through a bare JSON-RPC stdio client (no SDK): the servers' own time;
+  * the same again through the official TypeScript SDK's client (bench/ts-client, the SDK Claude
+    Code and the MCP inspector are built on; `npm ci` there when missing) and the official Rust
+    SDK's client (bench/rust-client, rmcp; built when missing), all servers at once;
   * correctness probes on the reference lab: look a guest up by name (haos), and list VMs on the
     node "no-such-node";
   * fakepve's own answer time for the API requests the peers make (their floor).
@@ -648,6 +651,63 @@ async def bare_phase(targets, opts):
                 t.raw.close()
 
 
+TS_CLIENT = ROOT / 'bench' / 'ts-client'
+
+
+def ensure_ts_client():
+    """The TypeScript SDK client's packages (pinned in bench/ts-client/package-lock.json)."""
+    if not (TS_CLIENT / 'node_modules' / '@modelcontextprotocol' / 'sdk').is_dir():
+        subprocess.run(['npm', 'ci', '--no-audit', '--no-fund'], cwd=str(TS_CLIENT), check=True, timeout=600)
+    return subprocess.run(['node', '-p', "require('@modelcontextprotocol/sdk/package.json').version"],
+                          cwd=str(TS_CLIENT), capture_output=True, text=True, check=True).stdout.strip()
+
+
+RUST_CLIENT = ROOT / 'bench' / 'rust-client'
+
+
+def ensure_rust_client():
+    """The Rust SDK client (bench/rust-client, rmcp pinned in its Cargo.toml), built when missing."""
+    subprocess.run(['cargo', 'build', '--quiet', '--release', '--manifest-path', str(RUST_CLIENT / 'Cargo.toml')],
+                   check=True, timeout=1200)
+    return '3.11.0'
+
+
+CLIENTS = {
+    'ts': lambda: ['node', str(TS_CLIENT / 'client.mjs')],
+    'rust': lambda: [str(RUST_CLIENT / 'target' / 'release' / 'labops-bench-rust-client')],
+}
+
+
+def client_phase(via, targets, opts):
+    """The same calls through another official SDK's client (`via`: 'ts' is bench/ts-client,
+    'rust' is bench/rust-client; both read the same spec): all servers open at once, in rounds."""
+    from mcp import types
+    base = dict((k, os.environ[k]) for k in ('HOME', 'LOGNAME', 'PATH', 'SHELL', 'TERM', 'USER') if k in os.environ)
+    spec = {'calls': opts.calls, 'warmup': opts.warmup, 'budget_s': opts.budget, 'servers': []}
+    for t in targets:
+        command, args, env = launch(t.name, t.lab, t.run)
+        entry = {'name': t.name, 'command': command, 'args': args, 'env': dict(base, **env), 'cwd': str(t.cwd)}
+        for key in ('list_all', 'list_node'):
+            listing = t.listing(key)
+            entry[key] = {'tool': listing[0], 'args': listing[1]} if listing else None
+        spec['servers'].append(entry)
+    proc = subprocess.run(CLIENTS[via](), input=json.dumps(spec), capture_output=True, text=True, timeout=SESSION_TIMEOUT)
+    if proc.returncode != 0:
+        raise RuntimeError('{0} client failed: {1}'.format(via, proc.stderr[-2000:]))
+    got = json.loads(proc.stdout)
+    for t in targets:
+        r = got.get(t.name, {})
+        if r.get('pid'):
+            STARTED.append(r['pid'])
+        t.out[via] = {key: summarize(v) for key, v in r.get('series', {}).items() if v}
+        if r.get('error'):
+            t.out[via]['error'] = r['error']
+            print('  {0} on {1} ({2} client): {3}'.format(t.name, t.lab['key'], via, r['error']), flush=True)
+        for key, last in r.get('last', {}).items():
+            tool, args, count, expect = t.listing(key)
+            check(types.CallToolResult.model_validate(last), count, expect, tool)
+
+
 async def measure_lab(lab, runs, names, opts):
     targets = [Target(n, lab, runs[n]) for n in names]
     try:
@@ -673,6 +733,8 @@ async def measure_lab(lab, runs, names, opts):
                         t.out['startup_cold'] = startup_summary(cold[t])
             await sdk_phase([t for t in targets if t.ok], opts)
             await bare_phase([t for t in targets if t.ok], opts)
+            for via in CLIENTS:
+                client_phase(via, [t for t in targets if t.ok], opts)
     finally:
         for t in targets:
             t.errlog.close()
@@ -758,14 +820,25 @@ def breakdown(results):
     return '\n'.join(rows)
 
 
+def clients_table(results):
+    """What clients built on the official TypeScript and Rust SDKs see (p50 ms; p99 in the JSON)."""
+    rows = ['| lab | server | ping: TS / Rust | list all VMs: TS / Rust | one node: TS / Rust |',
+            '|---|---|--:|--:|--:|']
+    for lab_key, per in results['labs'].items():
+        for name, r in per['servers'].items():
+            cell = lambda key: '{0} / {1}'.format(*(fmt(r.get(via, {}).get(key, {}).get('p50_ms')) for via in ('ts', 'rust')))
+            rows.append('| {0} | {1} | {2} | {3} | {4} |'.format(lab_key, name, cell('ping'), cell('list_all'), cell('list_node')))
+    return '\n'.join(rows)
+
+
 def ratios(results):
-    """fastest peer p50 / labops p50, per lab and call, through the SDK and bare."""
+    """fastest peer p50 / labops p50, per lab and call, through each SDK and bare."""
     out = {}
     for lab_key, per in results['labs'].items():
         s = per['servers']
         for series_key in ('list_all', 'list_node'):
-            for via in ('sdk', 'bare'):
-                get = (lambda r: r.get(series_key)) if via == 'sdk' else (lambda r: r.get('bare', {}).get(series_key))
+            for via in ('sdk', 'ts', 'rust', 'bare'):
+                get = (lambda r: r.get(series_key)) if via == 'sdk' else (lambda r, via=via: r.get(via, {}).get(series_key))
                 peers = {n: get(r)['p50_ms'] for n, r in s.items() if n != 'labops' and get(r)}
                 lab = get(s.get('labops', {}))
                 if not peers or not lab:
@@ -794,6 +867,8 @@ async def main():
     results = {'machine': machine(), 'settings': {'calls': opts.calls, 'warmup': opts.warmup, 'starts': opts.starts,
                                                   'budget_s': opts.budget, 'client': 'mcp (Python SDK) ' +
                                                   __import__('importlib.metadata').metadata.version('mcp') +
+                                                  ' over stdio; @modelcontextprotocol/sdk (TypeScript) ' +
+                                                  ensure_ts_client() + ' and rmcp (Rust) ' + ensure_rust_client() +
                                                   ' over stdio'},
                'servers': {}, 'labs': {}}
     runs = {}
@@ -852,6 +927,8 @@ async def main():
     print(table(results))
     print()
     print(breakdown(results))
+    print()
+    print(clients_table(results))
     print()
     for k, r in results['ratios'].items():
         print('{0}: fastest peer {1} p50 {2} ms / labops p50 {3} ms = {4}x'.format(
