@@ -658,7 +658,7 @@ def ensure_ts_client():
     """The TypeScript SDK client's packages (pinned in bench/ts-client/package-lock.json)."""
     if not (TS_CLIENT / 'node_modules' / '@modelcontextprotocol' / 'sdk').is_dir():
         subprocess.run(['npm', 'ci', '--no-audit', '--no-fund'], cwd=str(TS_CLIENT), check=True, timeout=600)
-    return subprocess.run(['node', '-p', "require('@modelcontextprotocol/sdk/package.json').version"],
+    return subprocess.run(['node', '-p', "JSON.parse(require('fs').readFileSync('node_modules/@modelcontextprotocol/sdk/package.json')).version"],
                           cwd=str(TS_CLIENT), capture_output=True, text=True, check=True).stdout.strip()
 
 
