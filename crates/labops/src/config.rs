@@ -200,7 +200,9 @@ pub struct AnomalyConfig {
     /// How often new points are read (default 60 s).
     #[serde(default = "default_anomaly_step")]
     pub interval_seconds: f64,
-    /// How far back the first read goes (default 24 hours).
+    /// How far back the first read goes (default 24 hours). The detector learns a series' period
+    /// from its history once it has about six cycles (1,024 blocks of 8 one-minute points for
+    /// a daily one), so 144 hours teach a daily cycle at start.
     #[serde(default = "default_warmup_hours")]
     pub warmup_hours: f64,
     /// Points a series needs before it can alarm (default 100).
