@@ -11,7 +11,7 @@
 //!   shape and of its value at its phase of the series' period, and an anomaly likelihood over
 //!   those surprises.
 //! - [`season`]: the detector's clock: a series' period (augurs' periodogram, checked by the
-//!   autocorrelation) and what each phase of it usually holds.
+//!   self-similarity) and what each phase of it usually holds.
 //! - [`forecast`]: time-to-limit forecasts with an interval, and counters that should stay flat.
 //! - [`nab`]: the Numenta Anomaly Benchmark's scoring (issue #7): probation, windows weighted by
 //!   a scaled sigmoid, one threshold for the corpus found in one sweep.

@@ -3,19 +3,21 @@
 //!
 //! Until a period is found the series' history is kept as block means (at most [`HISTORY`] of
 //! them, 4 KB). When the history is full, augurs' periodogram (Welch's method) names the
-//! candidate periods; the autocorrelation picks the exact lag around each candidate and accepts
-//! it only when the series clearly repeats at that lag and not at half of it (a trend or a random
-//! walk correlates with itself at every lag, a cycle does not at half its period). When none
-//! is accepted, neighbouring blocks are merged, so the same 4 KB covers twice the time, and the
+//! candidate periods; the series' self-similarity (how little it differs from itself a lag
+//! later, at the lag and its multiples) picks the exact lag around each candidate and accepts it
+//! only when the series clearly repeats at that lag and not at half of it (a trend or a random
+//! walk resembles itself at every short lag, a cycle does not at half its period). When none is
+//! accepted, neighbouring blocks are merged, so the same 4 KB covers twice the time, and the
 //! search goes on, up to [`MAX_STRIDE`] points a block; then the series is taken to have no
 //! period and the history is dropped.
 //!
 //! Once a period is known, each point's phase falls in one of [`BUCKETS`] buckets, and the
-//! model counts how often each value cell (a power-of-two grid over the range, as the
-//! detector's own grids) was seen in each bucket and its two neighbours. The history is replayed
-//! into those counts, so the model starts out knowing the cycles it was found from. A value
-//! rarely seen at this time of the cycle (a daily peak that does not come, a cycle running four
-//! times faster in the same range) is novel here though every level and step of it is familiar.
+//! model counts in how many cycles each value cell (a power-of-two grid over the range, as the
+//! detector's own grids) was seen in each bucket; a value's familiarity is its count in its
+//! bucket and the two neighbouring ones. The history is replayed into those counts, so the model
+//! starts out knowing the cycles it was found from. A value rarely seen at this time of the cycle
+//! (a daily peak that does not come, a cycle running four times faster in the same range) is
+//! novel here though every level and step of it is familiar.
 
 use std::collections::HashMap;
 
@@ -31,7 +33,7 @@ pub const BUCKETS: u32 = 32;
 const CELLS: f64 = 16.0;
 /// Entries kept before the counts are halved and the rare ones forgotten.
 const MAX_ENTRIES: usize = 2048;
-/// The autocorrelation a period needs at its lag, and its margin over the half lag.
+/// The self-similarity a period needs at its lag, and its margin over the half lag.
 const MIN_ACF: f64 = 0.6;
 const MIN_MARGIN: f64 = 0.4;
 
