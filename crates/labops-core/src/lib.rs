@@ -20,6 +20,6 @@ pub mod workflow;
 pub mod resolve;
 pub mod source;
 
-pub use inventory::{Entity, EntityKind, Inventory, Relation, RelationKind, Usage};
+pub use inventory::{Entity, EntityKind, Inventory, Relation, RelationKind, Tags, Usage};
 pub use resolve::{Candidate, ResolveError};
 pub use source::{SourceHealth, SourceState, SourceStatus};

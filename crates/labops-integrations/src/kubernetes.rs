@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
-use labops_core::inventory::{ids, Entity, EntityKind, Part, Relation, RelationKind};
+use labops_core::inventory::{ids, Entity, EntityKind, Part, Relation, RelationKind, Tags};
 use serde::de::DeserializeOwned;
 
 /// Name of this source.
@@ -322,11 +322,11 @@ struct Workload {
     id: String,
     ns: String,
     selector: Option<LabelSelector>,
-    template_labels: BTreeMap<String, String>,
+    template_labels: Tags,
 }
 
 /// True when `labels` satisfy the selector (matchLabels and matchExpressions).
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(sel: &LabelSelector, labels: &Tags) -> bool {
     let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
         && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty());
     if empty {
@@ -346,7 +346,7 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
     labels_ok && exprs_ok
 }
 
-fn map_selects(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+fn map_selects(sel: &BTreeMap<String, String>, labels: &Tags) -> bool {
     !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -371,7 +371,7 @@ pub fn to_part(o: &Objects) -> Part {
             },
             SOURCE,
         );
-        e.labels = n.labels().clone();
+        e.labels = n.labels().clone().into();
         for a in status.and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
             e.addresses.push(a.address.clone());
         }
@@ -387,7 +387,7 @@ pub fn to_part(o: &Objects) -> Part {
         let name = ns.name_any();
         let phase = ns.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Active".into());
         let mut e = Entity::new(EntityKind::Namespace, ids::namespace(&name), &name, phase, SOURCE);
-        e.labels = ns.labels().clone();
+        e.labels = ns.labels().clone().into();
         part.entities.push(e);
     }
 
@@ -413,12 +413,12 @@ pub fn to_part(o: &Objects) -> Part {
         };
         let mut e = Entity::new(EntityKind::Workload, &id, &name, status, SOURCE);
         e.namespace = Some(ns.clone());
-        e.labels = meta.labels.clone().unwrap_or_default();
+        e.labels = meta.labels.clone().unwrap_or_default().into();
         e.attributes.insert("workload_kind".into(), kind.into());
         e.attributes.insert("replicas".into(), desired.to_string());
         e.attributes.insert("ready".into(), ready.to_string());
         part.entities.push(e);
-        workloads.push(Workload { id, ns, selector, template_labels });
+        workloads.push(Workload { id, ns, selector, template_labels: template_labels.into() });
     };
     let deployments = o.deployments.iter().map(|d| {
         let (spec, st) = (d.spec.as_ref(), d.status.as_ref());
@@ -466,7 +466,7 @@ pub fn to_part(o: &Objects) -> Part {
         let phase = st.and_then(|s| s.phase.clone()).unwrap_or_else(|| "Unknown".into());
         let mut e = Entity::new(EntityKind::Pod, &id, &name, phase, SOURCE);
         e.namespace = Some(ns.clone());
-        e.labels = p.labels().clone();
+        e.labels = p.labels().clone().into();
         if let Some(ip) = st.and_then(|s| s.pod_ip.clone()) {
             e.addresses.push(ip);
         }
@@ -499,7 +499,7 @@ pub fn to_part(o: &Objects) -> Part {
         let spec = s.spec.as_ref();
         let mut e = Entity::new(EntityKind::Service, &id, &name, "Active", SOURCE);
         e.namespace = Some(ns.clone());
-        e.labels = s.labels().clone();
+        e.labels = s.labels().clone().into();
         if let Some(t) = spec.and_then(|s| s.type_.clone()) {
             e.attributes.insert("type".into(), t);
         }
@@ -568,10 +568,10 @@ mod tests {
                 LabelSelectorRequirement { key: "canary".into(), operator: "DoesNotExist".into(), values: None },
             ]),
         };
-        assert!(selector_matches(&sel, &labels(&[("app", "web"), ("tier", "b")])));
-        assert!(!selector_matches(&sel, &labels(&[("app", "web"), ("tier", "c")])));
-        assert!(!selector_matches(&sel, &labels(&[("app", "web"), ("tier", "a"), ("canary", "1")])));
-        assert!(!selector_matches(&LabelSelector::default(), &labels(&[("app", "web")])));
+        assert!(selector_matches(&sel, &labels(&[("app", "web"), ("tier", "b")]).into()));
+        assert!(!selector_matches(&sel, &labels(&[("app", "web"), ("tier", "c")]).into()));
+        assert!(!selector_matches(&sel, &labels(&[("app", "web"), ("tier", "a"), ("canary", "1")]).into()));
+        assert!(!selector_matches(&LabelSelector::default(), &labels(&[("app", "web")]).into()));
     }
 
     #[test]

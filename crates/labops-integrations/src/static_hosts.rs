@@ -31,7 +31,7 @@ pub fn to_part(hosts: &[HostConfig]) -> Part {
     for h in hosts {
         let mut e = Entity::new(EntityKind::Host, ids::host(&h.name), &h.name, "declared", SOURCE);
         e.addresses.extend(h.address.clone());
-        e.labels = h.labels.clone();
+        e.labels = h.labels.clone().into();
         if let Some(r) = &h.role {
             e.attributes.insert("role".into(), r.clone());
         }
