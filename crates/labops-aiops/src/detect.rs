@@ -100,6 +100,24 @@ impl Key {
     }
 }
 
+/// Fits a grid of `cells` power-of-two-wide cells anchored at zero to `range`: sets `width` on
+/// the first call; afterwards, when the range has outgrown the grid, doubles `width` as often as
+/// needed and returns the factor by which the old cells merge (`cell.div_euclid(factor)`).
+pub(crate) fn widen(width: &mut f64, range: f64, cells: f64) -> Option<i64> {
+    let wanted = (range / cells).max(f64::MIN_POSITIVE);
+    let fits = 2f64.powi(wanted.log2().ceil() as i32);
+    if *width == 0.0 {
+        *width = fits;
+        return None;
+    }
+    if fits <= *width {
+        return None;
+    }
+    let factor = (fits / *width).round() as i64;
+    *width = fits;
+    Some(factor)
+}
+
 /// One grid: its cell width and the counts of contexts seen on it.
 #[derive(Debug, Clone)]
 struct Grid {
@@ -118,16 +136,7 @@ impl Grid {
 
     /// Coarsens the grid to fit `range`: merges cells when the width doubles.
     fn fit(&mut self, range: f64) {
-        let wanted = (range / self.cells).max(f64::MIN_POSITIVE);
-        let width = 2f64.powi(wanted.log2().ceil() as i32);
-        if self.width == 0.0 {
-            self.width = width;
-            return;
-        }
-        if width <= self.width {
-            return;
-        }
-        let factor = (width / self.width).round() as i64;
+        let Some(factor) = widen(&mut self.width, range, self.cells) else { return };
         let old = std::mem::take(&mut self.counts);
         for (key, c) in old {
             let e = self.counts.entry(key.coarsen(factor)).or_insert(0);
@@ -136,7 +145,6 @@ impl Grid {
         for cell in &mut self.recent {
             *cell = cell.div_euclid(factor);
         }
-        self.width = width;
     }
 
     /// The mean familiarity-weighted novelty of `x` over the orders available, then learns it.

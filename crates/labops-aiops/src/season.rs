@@ -126,16 +126,7 @@ impl Season {
 
     /// Coarsens the value grid to fit `range`, merging cells.
     fn fit(&mut self, range: f64) {
-        let wanted = (range / CELLS).max(f64::MIN_POSITIVE);
-        let width = 2f64.powi(wanted.log2().ceil() as i32);
-        if self.width == 0.0 {
-            self.width = width;
-            return;
-        }
-        if width <= self.width {
-            return;
-        }
-        let factor = (width / self.width).round() as i64;
+        let Some(factor) = crate::detect::widen(&mut self.width, range, CELLS) else { return };
         let old = std::mem::take(&mut self.counts);
         for ((b, cell), c) in old {
             let e = self.counts.entry((b, cell.div_euclid(factor))).or_insert(0);
@@ -146,7 +137,6 @@ impl Season {
         }
         self.pending.sort_unstable();
         self.pending.dedup();
-        self.width = width;
     }
 
     /// Keeps `x` in the history; looks for a period when it is full.
