@@ -399,8 +399,8 @@ impl Lab {
 /// Hands the heap's free pages back to the kernel. glibc keeps what a thread frees in that
 /// thread's arena, and a rebuild frees the whole previous inventory: without this, `labops serve`
 /// on 50 nodes / 1,000 guests / 5,000 pods crept from 105 to 140 MiB resident within a minute of
-/// refreshes, with 50 MB of live heap (BENCHMARKS.md). It walks every arena once (
-/// 1-2 ms with the big lab), after a rebuild, not on any answer's path.
+/// refreshes, with 50 MB of live heap (BENCHMARKS.md). It walks every arena once
+/// (1-2 ms with the big lab), after a rebuild, not on any answer's path.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[expect(unsafe_code, reason = "malloc_trim is a plain FFI call; the workspace's one unsafe block")]
 fn trim_heap() {
