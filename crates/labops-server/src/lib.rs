@@ -21,20 +21,32 @@ use labops_engine::Lab;
 use rmcp::ServiceExt;
 
 /// Serves MCP over stdin/stdout until the client disconnects. Nothing else may write to stdout.
+///
+/// The conversation runs on its own thread with a single-threaded event loop: a request is read,
+/// answered and written without handing anything to another thread (on the multi-threaded
+/// runtime every message woke an idle worker, and a tool call cost twice a ping). The lab's
+/// refreshes and the audit writer stay on the caller's runtime; tasks a tool spawns (a workflow
+/// it starts) run on this thread's loop.
 pub async fn serve_stdio(
     lab: Lab,
     changes: Option<labops_engine::changes::Changes>,
     tasks: Option<labops_engine::tasks::Tasks>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let incidents = lab.store().cloned().map(labops_engine::alerting::Incidents::Stored);
-    let service = mcp::LabMcp::new(lab, "mcp:stdio")
-        .with_changes(changes)
-        .with_tasks(tasks)
-        .with_incidents(incidents)
-        .serve(stdio())
-        .await?;
-    service.waiting().await?;
-    Ok(())
+    let service = mcp::LabMcp::new(lab, "mcp:stdio").with_changes(changes).with_tasks(tasks).with_incidents(incidents);
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("mcp-stdio".into()).spawn(move || {
+        let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(async move {
+                let running = service.serve(stdio()).await?;
+                running.waiting().await?;
+                Ok(())
+            }),
+            Err(e) => Err(e.into()),
+        };
+        let _ = done.send(outcome);
+    })?;
+    finished.await.unwrap_or_else(|_| Err("the MCP stdio thread ended without an answer".into()))
 }
 
 type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
