@@ -5,15 +5,18 @@
 //! turns the stores into inventory entities and links at any moment without a request.
 //! Each watcher's last error is kept, so the inventory can say the data is degraded while the
 //! watcher retries with backoff.
+//!
+//! Nodes, pods and the three workload kinds are decoded into [`slim`] types that hold only what
+//! the inventory reads: the API server's other fields are skipped while decoding.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use slim::{DaemonSet, Deployment, Node, Pod, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -98,21 +101,19 @@ fn watch<K>(
     label: &'static str,
     health: &Arc<Mutex<Health>>,
     tasks: &mut Vec<tokio::task::AbortHandle>,
-    prune: fn(&mut K),
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let api: Api<K> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    // Objects are pruned to what the inventory reads before they enter the store: on a cluster
-    // with thousands of pods, managed fields and full pod specs would dominate labops' memory.
+    // Metadata the inventory never reads is dropped before objects enter the store: on a cluster
+    // with thousands of pods, managed fields alone would dominate labops' memory.
     let pruned = watcher(api, watcher::Config::default()).modify(move |o: &mut K| {
         let meta = o.meta_mut();
         meta.managed_fields = None;
         meta.annotations = None;
         meta.owner_references = None;
-        prune(o);
     });
     let stream = reflector::reflector(writer, pruned).default_backoff();
     let health = health.clone();
@@ -147,14 +148,14 @@ impl Cache {
         let mut tasks = Vec::new();
         let c = client;
         Self {
-            nodes: watch(c, "nodes", &health, &mut tasks, prune::node),
-            namespaces: watch(c, "namespaces", &health, &mut tasks, |_| {}),
-            deployments: watch(c, "deployments", &health, &mut tasks, prune::deployment),
-            statefulsets: watch(c, "statefulsets", &health, &mut tasks, prune::statefulset),
-            daemonsets: watch(c, "daemonsets", &health, &mut tasks, prune::daemonset),
-            pods: watch(c, "pods", &health, &mut tasks, prune::pod),
-            services: watch(c, "services", &health, &mut tasks, |_| {}),
-            ingresses: watch(c, "ingresses", &health, &mut tasks, |_| {}),
+            nodes: watch(c, "nodes", &health, &mut tasks),
+            namespaces: watch(c, "namespaces", &health, &mut tasks),
+            deployments: watch(c, "deployments", &health, &mut tasks),
+            statefulsets: watch(c, "statefulsets", &health, &mut tasks),
+            daemonsets: watch(c, "daemonsets", &health, &mut tasks),
+            pods: watch(c, "pods", &health, &mut tasks),
+            services: watch(c, "services", &health, &mut tasks),
+            ingresses: watch(c, "ingresses", &health, &mut tasks),
             health,
             tasks: Arc::new(tasks),
             client: client.clone(),
@@ -220,69 +221,214 @@ impl Cache {
     }
 }
 
-/// Drop the parts of objects the inventory never reads.
-mod prune {
-    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-    use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
+/// The Kubernetes kinds labops holds by the thousand, reduced to the fields the inventory maps,
+/// under their API names. Decoded from the same JSON as the full types (unknown fields are
+/// skipped), and watched like them: each implements [`kube::Resource`] with its kind's group,
+/// version and plural. A full `Pod` is 2.2 KB before any of its strings; 5,000 of them were a
+/// fifth of `labops serve`'s memory on the big lab of BENCHMARKS.md.
+pub mod slim {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
 
-    fn template(t: &mut PodTemplateSpec) {
-        // Keep the template's labels (services select on them); drop the pod spec.
-        t.spec = None;
-        if let Some(m) = t.metadata.as_mut() {
-            m.annotations = None;
-        }
-    }
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
+    use serde::Deserialize;
 
-    pub(super) fn pod(p: &mut Pod) {
-        if let Some(spec) = p.spec.as_mut() {
-            spec.containers.clear();
-            spec.init_containers = None;
-            spec.ephemeral_containers = None;
-            spec.volumes = None;
-            spec.affinity = None;
-            spec.tolerations = None;
-            spec.topology_spread_constraints = None;
-        }
-        if let Some(st) = p.status.as_mut() {
-            st.conditions = None;
-            st.init_container_statuses = None;
-            st.ephemeral_container_statuses = None;
-            for c in st.container_statuses.iter_mut().flatten() {
-                c.image = String::new();
-                c.image_id = String::new();
-                c.last_state = None;
-                c.state = None;
-                c.volume_mounts = None;
-                c.resources = None;
+    macro_rules! resource {
+        ($t:ident, $kind:literal, $group:literal, $version:literal, $plural:literal, $scope:ty) => {
+            impl kube::Resource for $t {
+                type DynamicType = ();
+                type Scope = $scope;
+                fn kind(_: &()) -> Cow<'_, str> {
+                    $kind.into()
+                }
+                fn group(_: &()) -> Cow<'_, str> {
+                    $group.into()
+                }
+                fn version(_: &()) -> Cow<'_, str> {
+                    $version.into()
+                }
+                fn plural(_: &()) -> Cow<'_, str> {
+                    $plural.into()
+                }
+                fn meta(&self) -> &ObjectMeta {
+                    &self.metadata
+                }
+                fn meta_mut(&mut self) -> &mut ObjectMeta {
+                    &mut self.metadata
+                }
             }
-        }
+        };
+    }
+    resource!(Node, "Node", "", "v1", "nodes", ClusterResourceScope);
+    resource!(Pod, "Pod", "", "v1", "pods", NamespaceResourceScope);
+    resource!(Deployment, "Deployment", "apps", "v1", "deployments", NamespaceResourceScope);
+    resource!(StatefulSet, "StatefulSet", "apps", "v1", "statefulsets", NamespaceResourceScope);
+    resource!(DaemonSet, "DaemonSet", "apps", "v1", "daemonsets", NamespaceResourceScope);
+
+    /// A node.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct Node {
+        #[serde(default)]
+        pub metadata: ObjectMeta,
+        pub spec: Option<NodeSpec>,
+        pub status: Option<NodeStatus>,
     }
 
-    pub(super) fn node(n: &mut Node) {
-        if let Some(st) = n.status.as_mut() {
-            st.images = None;
-            st.volumes_attached = None;
-            st.volumes_in_use = None;
-        }
+    /// `Node.spec`.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct NodeSpec {
+        pub unschedulable: Option<bool>,
     }
 
-    pub(super) fn deployment(d: &mut Deployment) {
-        if let Some(s) = d.spec.as_mut() {
-            template(&mut s.template);
-        }
+    /// `Node.status`.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(missing_docs)]
+    pub struct NodeStatus {
+        pub conditions: Option<Vec<Condition>>,
+        pub addresses: Option<Vec<NodeAddress>>,
+        pub node_info: Option<NodeInfo>,
     }
 
-    pub(super) fn statefulset(d: &mut StatefulSet) {
-        if let Some(s) = d.spec.as_mut() {
-            template(&mut s.template);
-            s.volume_claim_templates = None;
-        }
+    /// A status condition.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct Condition {
+        #[serde(rename = "type")]
+        pub type_: String,
+        pub status: String,
     }
 
-    pub(super) fn daemonset(d: &mut DaemonSet) {
-        if let Some(s) = d.spec.as_mut() {
-            template(&mut s.template);
-        }
+    /// One of a node's addresses.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct NodeAddress {
+        pub address: String,
+    }
+
+    /// `Node.status.nodeInfo`.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(missing_docs)]
+    pub struct NodeInfo {
+        #[serde(default)]
+        pub kubelet_version: String,
+    }
+
+    /// A pod.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct Pod {
+        #[serde(default)]
+        pub metadata: ObjectMeta,
+        pub spec: Option<PodSpec>,
+        pub status: Option<PodStatus>,
+    }
+
+    /// `Pod.spec`.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(missing_docs)]
+    pub struct PodSpec {
+        pub node_name: Option<String>,
+        pub node_selector: Option<BTreeMap<String, String>>,
+    }
+
+    /// `Pod.status`.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(missing_docs)]
+    pub struct PodStatus {
+        pub phase: Option<String>,
+        #[serde(rename = "podIP")]
+        pub pod_ip: Option<String>,
+        pub container_statuses: Option<Vec<ContainerStatus>>,
+    }
+
+    /// One of `Pod.status.containerStatuses`.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(missing_docs)]
+    pub struct ContainerStatus {
+        #[serde(default)]
+        pub restart_count: i32,
+    }
+
+    /// A Deployment.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct Deployment {
+        #[serde(default)]
+        pub metadata: ObjectMeta,
+        pub spec: Option<WorkloadSpec>,
+        pub status: Option<ReplicaStatus>,
+    }
+
+    /// A StatefulSet.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct StatefulSet {
+        #[serde(default)]
+        pub metadata: ObjectMeta,
+        pub spec: Option<WorkloadSpec>,
+        pub status: Option<ReplicaStatus>,
+    }
+
+    /// A DaemonSet.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct DaemonSet {
+        #[serde(default)]
+        pub metadata: ObjectMeta,
+        pub spec: Option<WorkloadSpec>,
+        pub status: Option<DaemonSetStatus>,
+    }
+
+    /// The spec fields the three workload kinds share.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct WorkloadSpec {
+        pub replicas: Option<i32>,
+        #[serde(default)]
+        pub selector: LabelSelector,
+        #[serde(default)]
+        pub template: Template,
+    }
+
+    /// The pod template, by its labels (services select on them).
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct Template {
+        pub metadata: Option<TemplateMeta>,
+    }
+
+    /// The pod template's metadata.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct TemplateMeta {
+        pub labels: Option<BTreeMap<String, String>>,
+    }
+
+    /// Deployment and StatefulSet status.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(missing_docs)]
+    pub struct ReplicaStatus {
+        pub ready_replicas: Option<i32>,
+    }
+
+    /// DaemonSet status.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(missing_docs)]
+    pub struct DaemonSetStatus {
+        #[serde(default)]
+        pub desired_number_scheduled: i32,
+        #[serde(default)]
+        pub number_ready: i32,
     }
 }
 
@@ -314,7 +460,7 @@ struct WorkloadView<'a> {
     desired: i32,
     ready: i32,
     selector: Option<LabelSelector>,
-    template: Option<&'a k8s_openapi::api::core::v1::PodTemplateSpec>,
+    template: Option<&'a slim::Template>,
 }
 
 /// A workload as the linker needs it.
@@ -572,6 +718,71 @@ mod tests {
         assert!(!selector_matches(&sel, &labels(&[("app", "web"), ("tier", "c")]).into()));
         assert!(!selector_matches(&sel, &labels(&[("app", "web"), ("tier", "a"), ("canary", "1")]).into()));
         assert!(!selector_matches(&LabelSelector::default(), &labels(&[("app", "web")]).into()));
+    }
+
+    /// The slim types read the API's own field names: objects built with k8s-openapi's full
+    /// types (generated from the API's OpenAPI document) and encoded as the API server would,
+    /// every field set, decode into them with every value the inventory maps.
+    #[test]
+    fn slim_types_decode_what_the_api_server_sends() {
+        use k8s_openapi::api::apps::v1 as apps;
+        use k8s_openapi::api::core::v1 as core;
+        let full_node: core::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "k3s-vm-pve", "labels": {"kubernetes.io/hostname": "k3s-vm-pve"},
+                         "annotations": {"big": "x"}, "uid": "u1", "resourceVersion": "7"},
+            "spec": {"unschedulable": true, "podCIDR": "10.42.0.0/24", "taints": [{"key": "k", "effect": "NoSchedule"}]},
+            "status": {"conditions": [{"type": "MemoryPressure", "status": "False"}, {"type": "Ready", "status": "True"}],
+                       "addresses": [{"type": "InternalIP", "address": "192.168.4.21"}, {"type": "Hostname", "address": "k3s-vm-pve"}],
+                       "nodeInfo": {"kubeletVersion": "v1.33.1+k3s1", "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                                    "kernelVersion": "", "kubeProxyVersion": "", "machineID": "", "operatingSystem": "linux",
+                                    "osImage": "", "systemUUID": ""},
+                       "images": [{"names": ["x"], "sizeBytes": 1}], "capacity": {"cpu": "4"}}
+        }))
+        .unwrap();
+        let full_pod: core::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "apps", "labels": {"app": "web"}, "uid": "u2"},
+            "spec": {"nodeName": "k3s-vm-pve", "nodeSelector": {"kubernetes.io/hostname": "k3s-vm-pve"},
+                     "containers": [{"name": "c", "image": "nginx", "env": [{"name": "A", "value": "1"}]}],
+                     "volumes": [{"name": "v", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIP": "10.42.0.7", "podIPs": [{"ip": "10.42.0.7"}], "hostIP": "192.168.4.21",
+                       "containerStatuses": [
+                           {"name": "c", "image": "nginx", "imageID": "i", "ready": true, "restartCount": 2},
+                           {"name": "d", "image": "nginx", "imageID": "i", "ready": true, "restartCount": 3}]}
+        }))
+        .unwrap();
+        let full_ds: apps::DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "svclb", "namespace": "kube-system"},
+            "spec": {"selector": {"matchLabels": {"app": "svclb"}},
+                     "template": {"metadata": {"labels": {"app": "svclb"}}, "spec": {"containers": [{"name": "lb"}]}}},
+            "status": {"desiredNumberScheduled": 5, "numberReady": 4, "currentNumberScheduled": 5, "numberMisscheduled": 0}
+        }))
+        .unwrap();
+        // Encoded by k8s-openapi, as an API server sends them.
+        fn wire<T: serde::Serialize>(full: &T) -> serde_json::Value {
+            serde_json::to_value(full).unwrap()
+        }
+        let o = Objects {
+            nodes: vec![Arc::new(serde_json::from_value(wire(&full_node)).unwrap())],
+            pods: vec![Arc::new(serde_json::from_value(wire(&full_pod)).unwrap())],
+            daemonsets: vec![Arc::new(serde_json::from_value(wire(&full_ds)).unwrap())],
+            ..Default::default()
+        };
+        let part = to_part(&o);
+        let get = |id: &str| part.entities.iter().find(|e| e.id == id).unwrap_or_else(|| panic!("{id} missing"));
+        let node = get("k8s_node/k3s-vm-pve");
+        assert_eq!(node.status, "Ready");
+        assert_eq!(node.addresses, ["192.168.4.21", "k3s-vm-pve"]);
+        assert_eq!(node.attributes.get("cordoned").map(String::as_str), Some("true"));
+        assert_eq!(node.attributes.get("kubelet").map(String::as_str), Some("v1.33.1+k3s1"));
+        assert_eq!(node.labels.get("kubernetes.io/hostname").map(String::as_str), Some("k3s-vm-pve"));
+        let pod = get("pod/apps/web-1");
+        assert_eq!((pod.status.as_str(), pod.node.as_deref()), ("Running", Some("k3s-vm-pve")));
+        assert_eq!(pod.addresses, ["10.42.0.7"]);
+        assert_eq!(pod.attributes.get("restarts").map(String::as_str), Some("5"));
+        assert_eq!(pod.attributes.get("pinned_to").map(String::as_str), Some("k3s-vm-pve"));
+        let ds = get("workload/kube-system/daemonset/svclb");
+        assert_eq!(ds.status, "degraded");
+        assert_eq!((ds.attributes.get("replicas").map(String::as_str), ds.attributes.get("ready").map(String::as_str)), (Some("5"), Some("4")));
     }
 
     #[test]
