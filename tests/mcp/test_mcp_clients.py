@@ -79,6 +79,24 @@ def served(lab):
     proc.wait()
 
 
+JSON_SCHEMA_FORMATS = {
+    'date-time', 'date', 'time', 'duration', 'email', 'idn-email', 'hostname', 'idn-hostname', 'ipv4', 'ipv6',
+    'uri', 'uri-reference', 'iri', 'iri-reference', 'uuid', 'uri-template', 'json-pointer',
+    'relative-json-pointer', 'regex'}
+
+
+def schema_formats(schema):
+    """Every `format` keyword's value in a schema."""
+    if isinstance(schema, dict):
+        if isinstance(schema.get('format'), str):
+            yield schema['format']
+        for v in schema.values():
+            yield from schema_formats(v)
+    elif isinstance(schema, list):
+        for v in schema:
+            yield from schema_formats(v)
+
+
 async def exercise(session):
     """Lists and calls everything labops offers, asserting on the answers."""
     await session.initialize()
@@ -90,6 +108,10 @@ async def exercise(session):
         assert t.description and len(t.description) > 40, t.name
         assert t.input_schema['type'] == 'object', t.name
         assert t.output_schema is not None, t.name
+        # Only JSON Schema's own formats: validating clients (the TypeScript SDK's Ajv) warn
+        # about every other one, and schemars writes uint32, int64, ...
+        formats = set(schema_formats(t.input_schema)) | set(schema_formats(t.output_schema))
+        assert formats <= JSON_SCHEMA_FORMATS, (t.name, formats - JSON_SCHEMA_FORMATS)
 
     summary = (await session.call_tool('inventory_summary', {})).structured_content
     assert summary['lab'] == 'mcp test lab'

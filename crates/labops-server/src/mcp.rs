@@ -50,6 +50,41 @@ impl<T: Serialize + JsonSchema + 'static> rmcp::handler::server::tool::IntoCallT
     }
 }
 
+/// Drops the integer `format`s schemars writes (`uint32`, `int64`, ...) from every tool's input
+/// and output schema. They are not JSON Schema formats: validating clients warn about each one
+/// (the TypeScript SDK's Ajv printed 130 "unknown format" lines on `tools/list`). The range they
+/// imply stays, as the `minimum` schemars writes beside them.
+fn standard_formats<S>(mut router: ToolRouter<S>) -> ToolRouter<S> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let numeric = m.get("format").and_then(|f| f.as_str()).is_some_and(|f| {
+                    matches!(f, "int" | "uint" | "int8" | "int16" | "int32" | "int64" | "uint8" | "uint16" | "uint32" | "uint64" | "float" | "double")
+                });
+                if numeric {
+                    m.shift_remove("format");
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    fn clean(schema: &std::sync::Arc<rmcp::model::JsonObject>) -> std::sync::Arc<rmcp::model::JsonObject> {
+        let mut v = serde_json::Value::Object((**schema).clone());
+        strip(&mut v);
+        match v {
+            serde_json::Value::Object(m) => std::sync::Arc::new(m),
+            _ => schema.clone(),
+        }
+    }
+    for route in router.map.values_mut() {
+        route.attr.input_schema = clean(&route.attr.input_schema);
+        route.attr.output_schema = route.attr.output_schema.as_ref().map(clean);
+    }
+    router
+}
+
 /// URI of the inventory resource.
 pub const INVENTORY_URI: &str = "labops://inventory";
 
@@ -456,7 +491,7 @@ impl LabMcp {
             tasks: None,
             incidents: None,
             actor,
-            tool_router: Self::tool_router(),
+            tool_router: standard_formats(Self::tool_router()),
             prompt_router: Self::prompt_router(),
             log_level: std::sync::Arc::new(std::sync::Mutex::new(LoggingLevel::Info)),
         }
