@@ -9,6 +9,7 @@
 //! "k8s node `HostedBy` VM"), so [`Inventory::impact_of`] walks them backwards.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -432,10 +433,44 @@ pub struct Part {
     pub relations: Vec<Relation>,
 }
 
+impl Part {
+    /// The part with its entities behind `Arc`s, as the lab keeps it: every inventory built from
+    /// it shares them instead of holding a copy.
+    pub fn share(self) -> SharedPart {
+        SharedPart { entities: self.entities.into_iter().map(Arc::new).collect(), relations: self.relations }
+    }
+}
+
+/// A [`Part`] whose entities are shared with the inventories built from it.
+#[derive(Debug, Clone, Default)]
+pub struct SharedPart {
+    entities: Vec<Arc<Entity>>,
+    relations: Vec<Relation>,
+}
+
+impl SharedPart {
+    /// True when `part` holds the same entities and relations, in the same order.
+    pub fn same_as(&self, part: &Part) -> bool {
+        self.relations == part.relations
+            && self.entities.len() == part.entities.len()
+            && self.entities.iter().zip(&part.entities).all(|(a, b)| **a == *b)
+    }
+
+    /// Number of entities.
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    /// True when it has no entity.
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+}
+
 /// An immutable, indexed snapshot of the whole lab.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    entities: Vec<Entity>,
+    entities: Vec<Arc<Entity>>,
     relations: Vec<Relation>,
     by_id: HashMap<String, usize>,
     /// Lower-cased name -> entity indices.
@@ -509,17 +544,25 @@ impl Inventory {
     /// Later parts never overwrite earlier ones: a duplicate id keeps the first entity.
     /// Relations whose ends are missing are dropped and counted ([`Inventory::dropped_relations`]).
     pub fn build(parts: impl IntoIterator<Item = Part>) -> Self {
-        let mut entities: Vec<Entity> = Vec::new();
+        let shared: Vec<SharedPart> = parts.into_iter().map(Part::share).collect();
+        Self::build_shared(&shared)
+    }
+
+    /// [`Inventory::build`] from shared parts: the inventory holds the parts' entities, not
+    /// copies of them.
+    pub fn build_shared<'a>(parts: impl IntoIterator<Item = &'a SharedPart>) -> Self {
+        let mut entities: Vec<Arc<Entity>> = Vec::new();
         let mut by_id: HashMap<String, usize> = HashMap::new();
         let mut relations: BTreeSet<Relation> = BTreeSet::new();
         for part in parts {
-            for e in part.entities {
+            entities.reserve(part.entities.len());
+            for e in &part.entities {
                 if !by_id.contains_key(&e.id) {
                     by_id.insert(e.id.clone(), entities.len());
-                    entities.push(e);
+                    entities.push(e.clone());
                 }
             }
-            relations.extend(part.relations);
+            relations.extend(part.relations.iter().cloned());
         }
         relations.extend(host_links(&entities));
 
@@ -597,7 +640,7 @@ impl Inventory {
     }
 
     /// All entities, in source order.
-    pub fn entities(&self) -> &[Entity] {
+    pub fn entities(&self) -> &[Arc<Entity>] {
         &self.entities
     }
 
@@ -613,7 +656,7 @@ impl Inventory {
 
     /// The entity with this exact id.
     pub fn get(&self, id: &str) -> Option<&Entity> {
-        self.by_id.get(id).map(|&i| &self.entities[i])
+        self.by_id.get(id).map(|&i| &*self.entities[i])
     }
 
     pub(crate) fn index_of(&self, id: &str) -> Option<usize> {
@@ -630,7 +673,7 @@ impl Inventory {
 
     /// Entities of one kind.
     pub fn of_kind(&self, kind: EntityKind) -> impl Iterator<Item = &Entity> {
-        self.entities.iter().filter(move |e| e.kind == kind)
+        self.entities.iter().map(|e| &**e).filter(move |e| e.kind == kind)
     }
 
     /// Number of entities per kind.
@@ -645,14 +688,14 @@ impl Inventory {
     /// What `id` depends on, directly.
     pub fn depends_on(&self, id: &str) -> Vec<(RelationKind, &Entity)> {
         self.index_of(id)
-            .map(|i| self.depends_on[i].iter().map(|&(k, t)| (k, &self.entities[t])).collect())
+            .map(|i| self.depends_on[i].iter().map(|&(k, t)| (k, &*self.entities[t])).collect())
             .unwrap_or_default()
     }
 
     /// What depends on `id`, directly.
     pub fn dependents(&self, id: &str) -> Vec<(RelationKind, &Entity)> {
         self.index_of(id)
-            .map(|i| self.dependents[i].iter().map(|&(k, f)| (k, &self.entities[f])).collect())
+            .map(|i| self.dependents[i].iter().map(|&(k, f)| (k, &*self.entities[f])).collect())
             .unwrap_or_default()
     }
 
@@ -660,7 +703,7 @@ impl Inventory {
     /// it and that VM's Proxmox node.
     pub fn placement(&self, id: &str) -> Vec<&Entity> {
         self.index_of(id)
-            .map(|i| self.placement[i].iter().map(|&t| &self.entities[t]).collect())
+            .map(|i| self.placement[i].iter().map(|&t| &*self.entities[t]).collect())
             .unwrap_or_default()
     }
 
@@ -724,7 +767,7 @@ impl Inventory {
 ///
 /// A K3s node usually carries the VM's name (`k3s-vm-still-fawn`); when it does not, an address
 /// shared by the node and exactly one guest links them. Nothing is linked on a partial match.
-fn host_links(entities: &[Entity]) -> Vec<Relation> {
+fn host_links(entities: &[Arc<Entity>]) -> Vec<Relation> {
     let mut guests_by_name: HashMap<String, Vec<&Entity>> = HashMap::new();
     let mut guests_by_addr: HashMap<&str, Vec<&Entity>> = HashMap::new();
     for g in entities.iter().filter(|e| e.kind.is_guest()) {

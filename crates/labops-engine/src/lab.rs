@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use labops_core::inventory::{Inventory, Part};
+use labops_core::inventory::{Inventory, Part, SharedPart};
 use labops_core::source::SourceStatus;
 use labops_integrations::{kubernetes, proxmox};
 use labops_store::{AuditEntry, Store};
@@ -82,7 +82,8 @@ pub struct Snapshot {
 
 #[derive(Default)]
 struct State {
-    parts: BTreeMap<String, Part>,
+    /// Each source's last good part, its entities shared with the inventory built from it.
+    parts: BTreeMap<String, SharedPart>,
     /// Set when a part changed since the inventory was last built.
     dirty: bool,
     inventory: Arc<Inventory>,
@@ -143,7 +144,7 @@ impl Lab {
                             st.last_success_ms = Some(s.taken_ms);
                             st.entities = s.part.entities.len();
                             st.warnings = vec!["loaded from the store; not refreshed since labops started".into()];
-                            state.parts.insert(s.source, s.part);
+                            state.parts.insert(s.source, s.part.share());
                             state.dirty = true;
                         }
                     }
@@ -181,7 +182,7 @@ impl Lab {
     pub fn from_parts(name: &str, parts: Vec<(SourceStatus, Part)>) -> Lab {
         let mut state = State { dirty: true, ..State::default() };
         for (status, part) in parts {
-            state.parts.insert(status.name.clone(), part);
+            state.parts.insert(status.name.clone(), part.share());
             state.statuses.insert(status.name.clone(), status);
         }
         let (generation, _) = watch::channel(0);
@@ -283,7 +284,7 @@ impl Lab {
     fn rebuild(&self, st: &mut State) {
         st.generation += 1;
         if st.dirty || st.generation == 1 {
-            st.inventory = Arc::new(Inventory::build(st.parts.values().cloned()));
+            st.inventory = Arc::new(Inventory::build_shared(st.parts.values()));
             st.dirty = false;
         }
         let snap = Snapshot {
@@ -318,8 +319,8 @@ impl Lab {
                 status.last_error = None;
                 status.warnings = warnings;
                 status.entities = part.entities.len();
-                if st.parts.get(source) != Some(&part) {
-                    st.parts.insert(source.to_string(), part);
+                if !st.parts.get(source).is_some_and(|p| p.same_as(&part)) {
+                    st.parts.insert(source.to_string(), part.share());
                     st.dirty = true;
                 }
             }
@@ -344,9 +345,9 @@ impl Lab {
                 let status = st.statuses.entry(source.to_string()).or_insert_with(|| SourceStatus::pending(source, ""));
                 status.last_attempt_ms = Some(now);
                 status.last_error = Some(e);
-                if !part.entities.is_empty() && st.parts.get(source) != Some(&part) {
+                if !part.entities.is_empty() && !st.parts.get(source).is_some_and(|p| p.same_as(&part)) {
                     st.statuses.get_mut(source).expect("inserted above").entities = part.entities.len();
-                    st.parts.insert(source.to_string(), part);
+                    st.parts.insert(source.to_string(), part.share());
                     st.dirty = true;
                 }
                 self.rebuild(&mut st);
