@@ -805,6 +805,19 @@ pub(crate) mod tests {
     use super::*;
 
     #[test]
+    fn inventories_hold_the_parts_entities_not_copies() {
+        let vm = |status: &str| Entity::new(EntityKind::Vm, "vm/101", "web", status, "proxmox");
+        let part = Part { entities: vec![vm("running")], relations: Vec::new() };
+        let shared = part.clone().share();
+        let (a, b) = (Inventory::build_shared([&shared]), Inventory::build_shared([&shared]));
+        assert!(Arc::ptr_eq(&a.entities()[0], &b.entities()[0]));
+        assert_eq!(a.get("vm/101").map(|e| e.status.as_str()), Some("running"));
+        assert!(shared.same_as(&part));
+        assert!(!shared.same_as(&Part { entities: vec![vm("stopped")], relations: Vec::new() }));
+        assert!(!shared.same_as(&Part::default()));
+    }
+
+    #[test]
     fn tags_keep_key_order_replace_values_and_serialise_as_an_object() {
         let mut t = Tags::default();
         assert_eq!(t.insert("tier".into(), "b".into()), None);

@@ -292,10 +292,13 @@ impl Lab {
             sources: st.statuses.values().cloned().collect(),
             generation: st.generation,
         };
-        let rebuilt = !Arc::ptr_eq(&self.shared.current.read().expect("snapshot lock").inventory, &st.inventory);
-        let old = std::mem::replace(&mut *self.shared.current.write().expect("snapshot lock"), Arc::new(snap));
+        let mut current = self.shared.current.write().expect("snapshot lock");
+        let rebuilt = !Arc::ptr_eq(&current.inventory, &st.inventory);
+        let old = std::mem::replace(&mut *current, Arc::new(snap));
+        drop(current);
         self.shared.generation.send_replace(st.generation);
         if rebuilt {
+            // The previous inventory is freed here unless an answer in flight still holds it.
             drop(old);
             trim_heap();
         }
