@@ -234,8 +234,20 @@ pub mod slim {
     use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
     use serde::Deserialize;
 
-    macro_rules! resource {
-        ($t:ident, $kind:literal, $group:literal, $version:literal, $plural:literal, $scope:ty) => {
+    /// Declares a watched kind: `{metadata, spec, status}` with the given spec and status types,
+    /// and its `kube::Resource` impl (kind, API group, version, plural, scope).
+    macro_rules! kind {
+        ($(#[$doc:meta])* $t:ident($spec:ty, $status:ty), $kind:literal, $group:literal, $version:literal, $plural:literal, $scope:ty) => {
+            $(#[$doc])*
+            #[derive(Debug, Clone, Default, Deserialize)]
+            #[allow(missing_docs)]
+            pub struct $t {
+                #[serde(default)]
+                pub metadata: ObjectMeta,
+                pub spec: Option<$spec>,
+                pub status: Option<$status>,
+            }
+
             impl kube::Resource for $t {
                 type DynamicType = ();
                 type Scope = $scope;
@@ -260,21 +272,16 @@ pub mod slim {
             }
         };
     }
-    resource!(Node, "Node", "", "v1", "nodes", ClusterResourceScope);
-    resource!(Pod, "Pod", "", "v1", "pods", NamespaceResourceScope);
-    resource!(Deployment, "Deployment", "apps", "v1", "deployments", NamespaceResourceScope);
-    resource!(StatefulSet, "StatefulSet", "apps", "v1", "statefulsets", NamespaceResourceScope);
-    resource!(DaemonSet, "DaemonSet", "apps", "v1", "daemonsets", NamespaceResourceScope);
-
-    /// A node.
-    #[derive(Debug, Clone, Default, Deserialize)]
-    #[allow(missing_docs)]
-    pub struct Node {
-        #[serde(default)]
-        pub metadata: ObjectMeta,
-        pub spec: Option<NodeSpec>,
-        pub status: Option<NodeStatus>,
-    }
+    kind!(/// A node.
+        Node(NodeSpec, NodeStatus), "Node", "", "v1", "nodes", ClusterResourceScope);
+    kind!(/// A pod.
+        Pod(PodSpec, PodStatus), "Pod", "", "v1", "pods", NamespaceResourceScope);
+    kind!(/// A Deployment.
+        Deployment(WorkloadSpec, ReplicaStatus), "Deployment", "apps", "v1", "deployments", NamespaceResourceScope);
+    kind!(/// A StatefulSet.
+        StatefulSet(WorkloadSpec, ReplicaStatus), "StatefulSet", "apps", "v1", "statefulsets", NamespaceResourceScope);
+    kind!(/// A DaemonSet.
+        DaemonSet(WorkloadSpec, DaemonSetStatus), "DaemonSet", "apps", "v1", "daemonsets", NamespaceResourceScope);
 
     /// `Node.spec`.
     #[derive(Debug, Clone, Default, Deserialize)]
@@ -318,16 +325,6 @@ pub mod slim {
         pub kubelet_version: String,
     }
 
-    /// A pod.
-    #[derive(Debug, Clone, Default, Deserialize)]
-    #[allow(missing_docs)]
-    pub struct Pod {
-        #[serde(default)]
-        pub metadata: ObjectMeta,
-        pub spec: Option<PodSpec>,
-        pub status: Option<PodStatus>,
-    }
-
     /// `Pod.spec`.
     #[derive(Debug, Clone, Default, Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -355,36 +352,6 @@ pub mod slim {
     pub struct ContainerStatus {
         #[serde(default)]
         pub restart_count: i32,
-    }
-
-    /// A Deployment.
-    #[derive(Debug, Clone, Default, Deserialize)]
-    #[allow(missing_docs)]
-    pub struct Deployment {
-        #[serde(default)]
-        pub metadata: ObjectMeta,
-        pub spec: Option<WorkloadSpec>,
-        pub status: Option<ReplicaStatus>,
-    }
-
-    /// A StatefulSet.
-    #[derive(Debug, Clone, Default, Deserialize)]
-    #[allow(missing_docs)]
-    pub struct StatefulSet {
-        #[serde(default)]
-        pub metadata: ObjectMeta,
-        pub spec: Option<WorkloadSpec>,
-        pub status: Option<ReplicaStatus>,
-    }
-
-    /// A DaemonSet.
-    #[derive(Debug, Clone, Default, Deserialize)]
-    #[allow(missing_docs)]
-    pub struct DaemonSet {
-        #[serde(default)]
-        pub metadata: ObjectMeta,
-        pub spec: Option<WorkloadSpec>,
-        pub status: Option<DaemonSetStatus>,
     }
 
     /// The spec fields the three workload kinds share.
