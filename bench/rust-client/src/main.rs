@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::Instant;
 
-use rmcp::model::{CallToolRequestParams, ClientRequest};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientRequest};
 use rmcp::service::RunningService;
 use rmcp::transport::TokioChildProcess;
 use rmcp::{RoleClient, ServiceExt};
@@ -24,7 +24,9 @@ struct Server {
     client: RunningService<RoleClient, ()>,
 }
 
-async fn call(s: &Server, key: &str) -> Result<Option<Value>, String> {
+/// One timed call: the SDK's request and its typed answer, nothing else (the caller turns the
+/// answer into JSON after the clock stops).
+async fn call(s: &Server, key: &str) -> Result<Option<CallToolResult>, String> {
     if key == "ping" {
         s.client.peer().send_request(ClientRequest::PingRequest(Default::default())).await.map_err(|e| e.to_string())?;
         return Ok(None);
@@ -36,7 +38,7 @@ async fn call(s: &Server, key: &str) -> Result<Option<Value>, String> {
     if r.is_error == Some(true) {
         return Err(format!("{tool} failed: {}", serde_json::to_string(&r.content).unwrap_or_default().chars().take(300).collect::<String>()));
     }
-    Ok(Some(serde_json::to_value(&r).map_err(|e| e.to_string())?))
+    Ok(Some(r))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -103,7 +105,7 @@ async fn main() {
                     Ok(last) => {
                         o["series"][key].as_array_mut().expect("series").push(json!(dt));
                         if let Some(last) = last {
-                            o["last"][key] = last;
+                            o["last"][key] = serde_json::to_value(&last).unwrap_or_default();
                         }
                     }
                     Err(e) => o["error"] = json!(e),

@@ -111,6 +111,10 @@ pub struct AuditEntry {
 
 /// Appends one audit record inside a transaction, so a state change and its record commit
 /// together.
+/// Audit records per `INSERT` statement: six bound values each, well under SQLite's limit of
+/// 32,766 per statement.
+pub const AUDIT_ROWS_PER_INSERT: usize = 1000;
+
 pub(crate) async fn insert_audit(tx: &mut sqlx::SqliteConnection, e: &AuditEntry) -> Result<()> {
     sqlx::query("INSERT INTO audit_log (at_ms, actor, action, target, outcome, detail_json) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(e.at_ms)
@@ -233,11 +237,34 @@ impl Store {
         self.audit_batch(std::slice::from_ref(e)).await
     }
 
-    /// Appends records to the audit log in one transaction: all of them or none.
+    /// Appends records to the audit log, all of them or none. Up to [`AUDIT_ROWS_PER_INSERT`]
+    /// records go in as one multi-row `INSERT` (atomic on its own): every statement is a round
+    /// trip to the connection's worker thread, and the audit writer runs after every few tool
+    /// calls, on the same two cores as the answers.
     pub async fn audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
+        fn insert(rows: &[AuditEntry]) -> sqlx::QueryBuilder<sqlx::Sqlite> {
+            let mut q = sqlx::QueryBuilder::new("INSERT INTO audit_log (at_ms, actor, action, target, outcome, detail_json) ");
+            q.push_values(rows, |mut b, e| {
+                b.push_bind(e.at_ms)
+                    .push_bind(&e.actor)
+                    .push_bind(&e.action)
+                    .push_bind(&e.target)
+                    .push_bind(&e.outcome)
+                    .push_bind(e.detail.to_string());
+            });
+            q
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if entries.len() <= AUDIT_ROWS_PER_INSERT {
+            let _turn = self.writer.lock().await;
+            insert(entries).build().persistent(false).execute(&self.write_pool).await?;
+            return Ok(());
+        }
         let (_w, mut tx) = self.write_tx().await?;
-        for e in entries {
-            insert_audit(&mut tx, e).await?;
+        for rows in entries.chunks(AUDIT_ROWS_PER_INSERT) {
+            insert(rows).build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -319,6 +346,31 @@ mod tests {
                 o.await.unwrap().unwrap();
             }
             assert_eq!(Store::open(&path).await.unwrap().schema_version().await.unwrap(), 7);
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_batches_keep_every_record_and_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("labops.db")).await.unwrap();
+        let entry = |i: usize| AuditEntry {
+            at_ms: i as i64,
+            actor: "mcp:stdio".into(),
+            action: format!("call{i}"),
+            target: (i % 2 == 0).then(|| format!("vm/{i}")),
+            outcome: "ok".into(),
+            detail: serde_json::json!({"i": i, "quote": "it's \"x\""}),
+        };
+        // One statement, then more records than one statement takes (a transaction of several).
+        store.audit_batch(&(0..3).map(entry).collect::<Vec<_>>()).await.unwrap();
+        let many = AUDIT_ROWS_PER_INSERT * 2 + 7;
+        store.audit_batch(&(3..3 + many).map(entry).collect::<Vec<_>>()).await.unwrap();
+        store.audit_batch(&[]).await.unwrap();
+        let got = store.audit_recent(u32::MAX).await.unwrap();
+        assert_eq!(got.len(), 3 + many);
+        for (k, e) in got.iter().rev().enumerate() {
+            let want = entry(k);
+            assert_eq!((e.at_ms, &e.action, &e.target, &e.detail), (want.at_ms, &want.action, &want.target, &want.detail));
         }
     }
 
