@@ -85,7 +85,7 @@ def json_text(result):
 
 
 def count_labops(result):
-    return len(result.structured_content['entities'])
+    return len(result.structured_content['rows'])
 
 
 def count_json_list(result):
@@ -475,6 +475,7 @@ class Target:
         self.errlog = open(lab['tmp'] / (name + '.stderr.log'), 'a')
         self.out = {'lab': lab['key']}
         self.session = self.pid = self.raw = None
+        self.wire, self.sdk_own = None, {}   # watch_wire: dispatcher trips; SDK's own time per call
 
     @property
     def ok(self):
@@ -560,7 +561,11 @@ async def sdk_phase(targets, opts):
                 if r.is_error:
                     check(r, count, expect, tool)
                 last[t] = r
+                if t.wire:
+                    t.sdk_own.setdefault(key, []).append(dt - t.wire.pop())
                 return dt
+            for t in group:
+                watch_wire(t)
             for t, v in (await rounds([t for t in group if t.ok], one, opts)).items():
                 tool, args, count, expect = t.listing(key)
                 check(last[t], count, expect, tool)
@@ -574,6 +579,8 @@ async def sdk_phase(targets, opts):
                 t.out[key] = dict(v, tool=tool, args=args, planned=opts.calls, vms=expect,
                                   answer_bytes=answer_bytes(last[t]), budget_cut=v['n'] < opts.calls,
                                   client_validate_p50_ms=summarize(chk)['p50_ms'])
+                if t.sdk_own.get(key):
+                    t.out[key]['sdk_own_p50_ms'] = summarize(t.sdk_own[key])['p50_ms']
 
         for t in live:
             if t.ok:
@@ -584,6 +591,25 @@ async def sdk_phase(targets, opts):
                     t.out['probes'] = await probes(t)
                 except Exception as e:
                     t.fail(e)
+
+
+def watch_wire(t):
+    """Times each request's trip through the SDK's JSON-RPC dispatcher (writing the request,
+    the server's work, reading the answer line) so that the SDK's own work on a call (building
+    the request, validating the result and its structuredContent) is the rest of the call's time.
+    Uses the Python SDK 2.x's private `_dispatcher`; without it the split is left out."""
+    dispatcher = getattr(t.session, '_dispatcher', None)
+    if dispatcher is None or t.wire is not None:
+        return
+    t.wire, inner = [], dispatcher.send_raw_request
+
+    async def timed(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return await inner(*a, **k)
+        finally:
+            t.wire.append(time.perf_counter() - t0)
+    dispatcher.send_raw_request = timed
 
 
 async def probes(t):
@@ -802,8 +828,8 @@ def table(results):
 def breakdown(results):
     """Where the time goes: SDK vs bare stdio, the SDK's own schema check, fakepve's floor."""
     rows = ['| lab | server | ping p50 ms: SDK / bare | list all p50 ms: SDK / bare | one node p50 ms: SDK / bare '
-            '| SDK output-schema check ms | fakepve GET p50 ms |',
-            '|---|---|--:|--:|--:|--:|--:|']
+            '| SDK output-schema check ms | SDK\'s own time per call ms: all / one node | fakepve GET p50 ms |',
+            '|---|---|--:|--:|--:|--:|--:|--:|']
     for lab_key, per in results['labs'].items():
         floor = per['fakepve_floor']['cluster_resources_vm']['p50_ms']
         for name, r in per['servers'].items():
@@ -811,11 +837,12 @@ def breakdown(results):
                 continue
             raw = r.get('bare', {})
             pair = lambda a, b: '{0} / {1}'.format(fmt(a), fmt(b))
-            rows.append('| {0} | {1} | {2} | {3} | {4} | {5} | {6} |'.format(
+            own = lambda key: fmt(r.get(key, {}).get('sdk_own_p50_ms')) if r.get(key) else 'n/a'
+            rows.append('| {0} | {1} | {2} | {3} | {4} | {5} | {6} / {7} | {8} |'.format(
                 lab_key, name, pair(r['ping']['p50_ms'], raw.get('ping', {}).get('p50_ms')),
                 pair(r['list_all']['p50_ms'], raw.get('list_all', {}).get('p50_ms')),
                 pair(r['list_node']['p50_ms'], raw.get('list_node', {}).get('p50_ms')) if r.get('list_node') else 'n/a',
-                fmt(r['list_all']['client_validate_p50_ms']),
+                fmt(r['list_all']['client_validate_p50_ms']), own('list_all'), own('list_node'),
                 'none (answers from memory)' if name == 'labops' else fmt(floor)))
     return '\n'.join(rows)
 
@@ -844,9 +871,18 @@ def ratios(results):
                 if not peers or not lab:
                     continue
                 fastest = min(peers, key=peers.get)
-                out['{0} {1} ({2})'.format(lab_key, series_key, via)] = {
+                row = out['{0} {1} ({2})'.format(lab_key, series_key, via)] = {
                     'fastest_peer': fastest, 'fastest_peer_p50_ms': peers[fastest],
                     'labops_p50_ms': lab['p50_ms'], 'ratio': round(peers[fastest] / lab['p50_ms'], 1)}
+                own = [r[series_key]['sdk_own_p50_ms'] for r in s.values() if via == 'sdk' and r.get(series_key, {}).get('sdk_own_p50_ms')]
+                pings = [r['ping']['p50_ms'] for r in s.values() if via == 'sdk' and r.get('ping')]
+                if own and pings:
+                    # What the fastest peer's time allows through this client: a server whose tool
+                    # call cost no more than the fastest ping seen (the trip there and back
+                    # through the SDK's transport), with an answer the SDK handles as cheaply as
+                    # the cheapest seen, would still take about min(ping) + min(own).
+                    row['client_floor_ms'] = round(min(pings) + min(own), 3)
+                    row['ceiling'] = round(peers[fastest] / row['client_floor_ms'], 1)
     return out
 
 
@@ -931,8 +967,10 @@ async def main():
     print(clients_table(results))
     print()
     for k, r in results['ratios'].items():
-        print('{0}: fastest peer {1} p50 {2} ms / labops p50 {3} ms = {4}x'.format(
-            k, r['fastest_peer'], r['fastest_peer_p50_ms'], r['labops_p50_ms'], r['ratio']))
+        print('{0}: fastest peer {1} p50 {2} ms / labops p50 {3} ms = {4}x{5}'.format(
+            k, r['fastest_peer'], r['fastest_peer_p50_ms'], r['labops_p50_ms'], r['ratio'],
+            '; at most about {0}x through this client (its floor: fastest ping + least own work per call = {1} ms)'.format(
+                r['ceiling'], r['client_floor_ms']) if 'ceiling' in r else ''))
     for key, per in results['labs'].items():
         for path, f in per['fakepve_floor'].items():
             print('{0}: fakepve alone, GET {1}: p50 {2} ms ({3} KiB)'.format(key, f['path'], f['p50_ms'],

@@ -63,7 +63,8 @@ def test_inspector_lists_and_calls_every_tool(lab, served, transport):
         assert not r.get('isError'), (name, r)
         assert 'freshness' in r['structuredContent'], name
     assert 'runs' in run('tools/call', '--tool-name', 'list_runs')['structuredContent']
-    assert run('tools/call', '--tool-name', 'list_entities', '--tool-arg', 'kind=lxc')['structuredContent']['entities'][0]['id'] == 'lxc/103'
+    lxcs = run('tools/call', '--tool-name', 'list_entities', '--tool-arg', 'kind=lxc')['structuredContent']
+    assert [dict(zip(lxcs['columns'], row))['id'] for row in lxcs['rows']] == ['lxc/103']
     assert run('tools/call', '--tool-name', 'guest_status', '--tool-arg', 'name=114')['structuredContent']['guest']['name'] == 'k3s-vm-fun-bedbug'
     bad = run('tools/call', '--tool-name', 'get_entity', '--tool-arg', 'name=fun-bedbog', tool_error=True)
     assert bad.get('isError') is True

@@ -33,6 +33,11 @@ RECORD_TOOLS = {'propose_change', 'request_approval', 'process_task', 'ack_incid
 TOOLS = READ_TOOLS | RECORD_TOOLS
 
 
+def table_rows(listing):
+    """`list_entities` answers a table; each row as an object keyed by `columns` (nulls left out)."""
+    return [{c: v for c, v in zip(listing['columns'], row) if v is not None} for row in listing['rows']]
+
+
 @pytest.fixture(scope='module')
 def lab():
     """A fakepve serving the reference homelab, and a labops config for it."""
@@ -119,10 +124,17 @@ async def exercise(session):
     assert sorted(n['name'] for n in summary['proxmox_nodes']) == [
         'chief-horse', 'fun-bedbug', 'pumped-piglet', 'pve', 'still-fawn']
 
-    vms = (await session.call_tool('list_entities', {'kind': 'vm'})).structured_content
-    assert sorted(e['vmid'] for e in vms['entities']) == [105, 107, 108, 114, 116]
+    listed = await session.call_tool('list_entities', {'kind': 'vm'})
+    vms = listed.structured_content
+    assert vms['columns'] == ['id', 'kind', 'name', 'node', 'vmid', 'status']
+    assert sorted(e['vmid'] for e in table_rows(vms)) == [105, 107, 108, 114, 116]
+    assert {'id': 'vm/116', 'kind': 'vm', 'name': 'haos', 'node': 'chief-horse', 'vmid': 116, 'status': 'running'} in table_rows(vms)
+    assert (vms['total'], vms['truncated']) == (5, False)
+    # The text block is the same answer, serialised (the spec's form for text-only clients).
+    assert json.loads(listed.content[0].text) == vms
     on_node = (await session.call_tool('list_entities', {'node': 'chief-horse'})).structured_content
-    assert [e['id'] for e in on_node['entities'] if e['kind'] == 'vm'] == ['vm/116']
+    assert [e['id'] for e in table_rows(on_node) if e['kind'] == 'vm'] == ['vm/116']
+    assert on_node['node']['id'] == 'proxmox_node/chief-horse'
 
     bad_node = await session.call_tool('list_entities', {'node': 'chief-hrose'})
     assert bad_node.is_error

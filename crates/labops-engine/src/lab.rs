@@ -427,39 +427,53 @@ enum AuditMsg {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+/// The audit writer. It waits on the channel only for the first record of a burst: that send
+/// wakes it (a thread wake-up on the answer's path). While records keep coming it sleeps on its
+/// own timer between writes, so the calls of a busy conversation find it asleep on the timer and
+/// wake nobody; after a quiet [`AUDIT_GATHER`] it goes back to waiting on the channel.
 fn spawn_audit_writer(store: Store) -> mpsc::Sender<AuditMsg> {
     let (tx, mut rx) = mpsc::channel::<AuditMsg>(4096);
     tokio::spawn(async move {
         let mut msgs = Vec::with_capacity(256);
         while rx.recv_many(&mut msgs, 256).await > 0 {
-            // Gather the rest of the burst, unless someone is waiting for the disk.
-            if !msgs.iter().any(|m| matches!(m, AuditMsg::Flush(_))) {
-                tokio::time::sleep(AUDIT_GATHER).await;
+            loop {
+                // Gather the rest of the burst, unless someone is waiting for the disk.
+                if !msgs.iter().any(|m| matches!(m, AuditMsg::Flush(_))) {
+                    tokio::time::sleep(AUDIT_GATHER).await;
+                }
                 while msgs.len() < 1024
                     && let Ok(m) = rx.try_recv()
                 {
                     msgs.push(m);
                 }
-            }
-            let mut batch = Vec::with_capacity(msgs.len());
-            let mut waiting = Vec::new();
-            for m in msgs.drain(..) {
-                match m {
-                    AuditMsg::Entry(e) => batch.push(e),
-                    AuditMsg::Flush(done) => waiting.push(done),
+                if msgs.is_empty() {
+                    break;
                 }
-            }
-            if !batch.is_empty()
-                && let Err(err) = store.audit_batch(&batch).await
-            {
-                tracing::warn!(error = %err, records = batch.len(), "audit records could not be written");
-            }
-            for done in waiting {
-                let _ = done.send(());
+                write_audit(&store, &mut msgs).await;
             }
         }
     });
     tx
+}
+
+/// Writes the gathered records in one statement, then answers the flushes among them.
+async fn write_audit(store: &Store, msgs: &mut Vec<AuditMsg>) {
+    let mut batch = Vec::with_capacity(msgs.len());
+    let mut waiting = Vec::new();
+    for m in msgs.drain(..) {
+        match m {
+            AuditMsg::Entry(e) => batch.push(e),
+            AuditMsg::Flush(done) => waiting.push(done),
+        }
+    }
+    if !batch.is_empty()
+        && let Err(err) = store.audit_batch(&batch).await
+    {
+        tracing::warn!(error = %err, records = batch.len(), "audit records could not be written");
+    }
+    for done in waiting {
+        let _ = done.send(());
+    }
 }
 
 #[cfg(test)]
@@ -526,5 +540,42 @@ mod tests {
         assert_eq!(store.audit_recent(100).await.unwrap().len(), 50, "all written once flushed");
         let newest = store.audit_recent(1).await.unwrap();
         assert_eq!(newest[0].action, "a49");
+    }
+
+    /// Without anyone flushing: records of a steady stream, and a lone record after a quiet spell
+    /// (when the writer is back to waiting on the channel), all reach the disk on their own.
+    #[tokio::test]
+    async fn audit_records_reach_the_disk_without_a_flush() {
+        let store = Store::in_memory().await.unwrap();
+        let lab = Lab::start(LabOptions { name: "t".into(), demo: false, sources: vec![] }, Some(store.clone())).await;
+        let record = |i: i64| AuditEntry {
+            at_ms: i,
+            actor: "test".into(),
+            action: format!("a{i}"),
+            target: None,
+            outcome: "ok".into(),
+            detail: serde_json::Value::Null,
+        };
+        let written = |n: usize| {
+            let store = store.clone();
+            async move {
+                for _ in 0..200 {
+                    if store.audit_recent(1000).await.unwrap().len() == n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("{n} audit records were not written within 2 s");
+            }
+        };
+        for i in 0..30 {
+            lab.audit(record(i));
+            tokio::time::sleep(AUDIT_GATHER / 4).await;
+        }
+        written(30).await;
+        tokio::time::sleep(AUDIT_GATHER * 5).await;
+        lab.audit(record(30));
+        written(31).await;
+        assert_eq!(store.audit_recent(1).await.unwrap()[0].action, "a30");
     }
 }

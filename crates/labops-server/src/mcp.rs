@@ -11,7 +11,7 @@
 use labops_core::inventory::EntityKind;
 use labops_engine::lab::now_ms;
 use labops_engine::service::{
-    EntityDetail, EntityList, GuestStatus, ImpactReport, ListFilter, NodeStatus, Resolved, ServiceError, Summary,
+    EntityDetail, EntityTable, GuestStatus, ImpactReport, ListFilter, NodeStatus, Resolved, ServiceError, Summary,
     WorkloadFilter, WorkloadList,
 };
 use labops_core::change::{Actor, Transition};
@@ -556,10 +556,12 @@ impl LabMcp {
 
     /// Lists entities, optionally filtered by kind (proxmox_node, vm, lxc, storage, k8s_node,
     /// namespace, workload, pod, service, ingress, host), node (Proxmox or Kubernetes node; an
-    /// unknown node is an error with candidates, never an empty list), status, or label.
+    /// unknown node is an error with candidates, never an empty list), status, or label. The
+    /// answer is a table: `columns` names the values of each row (id, kind, name, then
+    /// namespace, node and vmid when any entity has one, then status), one row per entity.
     #[tool(annotations(title = "List entities", read_only_hint = true, open_world_hint = false))]
-    async fn list_entities(&self, Parameters(f): Parameters<ListFilter>) -> Result<Json<EntityList>, CallToolResult> {
-        let r = self.lab.list_entities(&f);
+    async fn list_entities(&self, Parameters(f): Parameters<ListFilter>) -> Result<Json<EntityTable>, CallToolResult> {
+        let r = self.lab.list_entities(&f).map(EntityTable::from);
         self.answer("list_entities", f.node.as_deref(), serde_json::to_value(&f).unwrap_or_default(), r)
     }
 
