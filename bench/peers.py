@@ -726,6 +726,7 @@ def client_phase(via, targets, opts):
         if r.get('pid'):
             STARTED.append(r['pid'])
         t.out[via] = {key: summarize(v) for key, v in r.get('series', {}).items() if v}
+        t.out[via].update({key + '_own': summarize(v) for key, v in r.get('own', {}).items() if v})
         if r.get('error'):
             t.out[via]['error'] = r['error']
             print('  {0} on {1} ({2} client): {3}'.format(t.name, t.lab['key'], via, r['error']), flush=True)
@@ -874,8 +875,12 @@ def ratios(results):
                 row = out['{0} {1} ({2})'.format(lab_key, series_key, via)] = {
                     'fastest_peer': fastest, 'fastest_peer_p50_ms': peers[fastest],
                     'labops_p50_ms': lab['p50_ms'], 'ratio': round(peers[fastest] / lab['p50_ms'], 1)}
-                own = [r[series_key]['sdk_own_p50_ms'] for r in s.values() if via == 'sdk' and r.get(series_key, {}).get('sdk_own_p50_ms')]
-                pings = [r['ping']['p50_ms'] for r in s.values() if via == 'sdk' and r.get('ping')]
+                if via == 'sdk':
+                    own = [r[series_key]['sdk_own_p50_ms'] for r in s.values() if r.get(series_key, {}).get('sdk_own_p50_ms')]
+                    pings = [r['ping']['p50_ms'] for r in s.values() if r.get('ping')]
+                else:
+                    own = [r[via][series_key + '_own']['p50_ms'] for r in s.values() if r.get(via, {}).get(series_key + '_own')]
+                    pings = [r[via]['ping']['p50_ms'] for r in s.values() if r.get(via, {}).get('ping')]
                 if own and pings:
                     # What the fastest peer's time allows through this client: a server whose tool
                     # call cost no more than the fastest ping seen (the trip there and back

@@ -8,8 +8,9 @@
 // `ping`, the list-all call and the one-node call in rounds: each round calls every server once,
 // in reversed order every other round, so load from elsewhere hits all alike. A series stops
 // after `calls` rounds, or after `budget_s` seconds once 20 rounds are done.
-// Prints one JSON object: per server, the latencies in seconds per series and the last answer
-// of each listing (for peers.py to check the VM count), or the error that stopped it.
+// Prints one JSON object: per server, the latencies in seconds per series, the SDK's own part of
+// each (the call's time minus the transport's trip, see watchWire) and the last answer of each
+// listing (for peers.py to check the VM count), or the error that stopped it.
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 
@@ -20,17 +21,36 @@ const out = {};
 const live = [];
 
 for (const s of spec.servers) {
-  out[s.name] = { series: {}, last: {} };
+  out[s.name] = { series: {}, own: {}, last: {} };
   try {
     const transport = new StdioClientTransport({ command: s.command, args: s.args, env: s.env, cwd: s.cwd, stderr: 'ignore' });
     const client = new Client({ name: 'labops-bench-ts', version: '0' });
     await client.connect(transport);
     out[s.name].tools = (await client.listTools()).tools.length;
     out[s.name].pid = transport.pid;
-    live.push({ s, client, transport });
+    const t = { s, client, transport };
+    watchWire(t);
+    live.push(t);
   } catch (e) {
     out[s.name].error = String(e);
   }
+}
+
+// Times each request's trip through the transport (from the SDK handing the message to the
+// transport until the answer line arrives, parsed) so that the SDK's own work on a call
+// (building the request, validating the result and its structuredContent) is the rest.
+function watchWire(t) {
+  const tr = t.transport;
+  const send = tr.send.bind(tr);
+  tr.send = (message, options) => {
+    t.sentAt = performance.now();
+    return send(message, options);
+  };
+  const onmessage = tr.onmessage;
+  tr.onmessage = (message, extra) => {
+    if (message.id !== undefined && ('result' in message || 'error' in message)) t.arrivedAt = performance.now();
+    onmessage?.(message, extra);
+  };
 }
 
 async function call(t, key) {
@@ -47,6 +67,7 @@ for (const key of ['ping', 'list_all', 'list_node']) {
     try {
       for (let i = 0; i < spec.warmup; i++) await call(t, key);
       out[t.s.name].series[key] = [];
+      out[t.s.name].own[key] = [];
     } catch (e) {
       out[t.s.name].error = String(e);
     }
@@ -58,7 +79,9 @@ for (const key of ['ping', 'list_all', 'list_node']) {
       try {
         const t0 = performance.now();
         const r = await call(t, key);
-        out[t.s.name].series[key].push((performance.now() - t0) / 1000);
+        const t1 = performance.now();
+        out[t.s.name].series[key].push((t1 - t0) / 1000);
+        out[t.s.name].own[key].push((t1 - t0 - (t.arrivedAt - t.sentAt)) / 1000);
         if (key !== 'ping') out[t.s.name].last[key] = r;
       } catch (e) {
         out[t.s.name].error = String(e);
