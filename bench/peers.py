@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import gc
 import http.client
 import json
 import os
@@ -476,6 +477,7 @@ class Target:
         self.out = {'lab': lab['key']}
         self.session = self.pid = self.raw = None
         self.wire, self.sdk_own = None, {}   # watch_wire: dispatcher trips; SDK's own time per call
+        self.gc_pauses = {}                  # per series: the client's GC pauses inside a timed call
 
     @property
     def ok(self):
@@ -555,9 +557,13 @@ async def sdk_phase(targets, opts):
 
             async def one(t, key=key):
                 tool, args, count, expect = t.listing(key)
-                t0 = time.perf_counter()
+                gc0, t0 = GC_MS[0], time.perf_counter()
                 r = await call(t.session, tool, args)
                 dt = time.perf_counter() - t0
+                if GC_MS[0] - gc0 > 1:
+                    # The client's own garbage collector stopped this call (a full collection
+                    # after decoding many objects): the client's time, recorded with the call.
+                    t.gc_pauses.setdefault(key, []).append(round(GC_MS[0] - gc0, 1))
                 if r.is_error:
                     check(r, count, expect, tool)
                 last[t] = r
@@ -581,6 +587,7 @@ async def sdk_phase(targets, opts):
                                   client_validate_p50_ms=summarize(chk)['p50_ms'])
                 if t.sdk_own.get(key):
                     t.out[key]['sdk_own_p50_ms'] = summarize(t.sdk_own[key])['p50_ms']
+                t.out[key]['client_gc_pauses_over_1ms'] = sorted(t.gc_pauses.get(key, []), reverse=True)
 
         for t in live:
             if t.ok:
@@ -591,6 +598,19 @@ async def sdk_phase(targets, opts):
                     t.out['probes'] = await probes(t)
                 except Exception as e:
                     t.fail(e)
+
+
+GC_MS = [0.0]   # time the benchmark's own Python process spent in its garbage collector
+
+
+def _gc_clock(phase, info, started=[0.0]):
+    if phase == 'start':
+        started[0] = time.perf_counter()
+    else:
+        GC_MS[0] += (time.perf_counter() - started[0]) * 1000
+
+
+gc.callbacks.append(_gc_clock)
 
 
 def watch_wire(t):
