@@ -522,19 +522,24 @@ mod tests {
         assert_eq!(changed.sources[0].state(), SourceState::Degraded, "source warnings degrade it");
     }
 
+    /// The audit record of a test's call number `i`.
+    fn record(i: i64) -> AuditEntry {
+        AuditEntry {
+            at_ms: i,
+            actor: "test".into(),
+            action: format!("a{i}"),
+            target: None,
+            outcome: "ok".into(),
+            detail: serde_json::Value::Null,
+        }
+    }
+
     #[tokio::test]
     async fn audit_records_are_written_in_order() {
         let store = Store::in_memory().await.unwrap();
         let lab = Lab::start(LabOptions { name: "t".into(), demo: false, sources: vec![] }, Some(store.clone())).await;
         for i in 0..50 {
-            lab.audit(AuditEntry {
-                at_ms: i,
-                actor: "test".into(),
-                action: format!("a{i}"),
-                target: None,
-                outcome: "ok".into(),
-                detail: serde_json::Value::Null,
-            });
+            lab.audit(record(i));
         }
         lab.flush_audit().await;
         assert_eq!(store.audit_recent(100).await.unwrap().len(), 50, "all written once flushed");
@@ -548,14 +553,6 @@ mod tests {
     async fn audit_records_reach_the_disk_without_a_flush() {
         let store = Store::in_memory().await.unwrap();
         let lab = Lab::start(LabOptions { name: "t".into(), demo: false, sources: vec![] }, Some(store.clone())).await;
-        let record = |i: i64| AuditEntry {
-            at_ms: i,
-            actor: "test".into(),
-            action: format!("a{i}"),
-            target: None,
-            outcome: "ok".into(),
-            detail: serde_json::Value::Null,
-        };
         let written = |n: usize| {
             let store = store.clone();
             async move {

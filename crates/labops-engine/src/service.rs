@@ -273,13 +273,6 @@ pub struct Rows {
     entities: Vec<EntityBrief>,
 }
 
-impl Rows {
-    /// The listed entities, in order.
-    pub fn entities(&self) -> &[EntityBrief] {
-        &self.entities
-    }
-}
-
 /// Described, not checked row by row, for the reason given at [`brief_list_schema`].
 fn rows_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({

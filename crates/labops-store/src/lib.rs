@@ -109,12 +109,12 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-/// Appends one audit record inside a transaction, so a state change and its record commit
-/// together.
 /// Audit records per `INSERT` statement: six bound values each, well under SQLite's limit of
 /// 32,766 per statement.
 pub const AUDIT_ROWS_PER_INSERT: usize = 1000;
 
+/// Appends one audit record inside a transaction, so a state change and its record commit
+/// together.
 pub(crate) async fn insert_audit(tx: &mut sqlx::SqliteConnection, e: &AuditEntry) -> Result<()> {
     sqlx::query("INSERT INTO audit_log (at_ms, actor, action, target, outcome, detail_json) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(e.at_ms)
