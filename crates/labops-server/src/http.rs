@@ -261,6 +261,17 @@ pub fn router(lab: Lab, opts: &HttpOptions) -> Router {
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/summary or /mcp") })
         .layer(RequestBodyLimitLayer::new(opts.max_body_bytes))
         .layer(middleware::from_fn_with_state(guard_state, guard))
+        .layer(middleware::map_response(close_after_refused_body))
+}
+
+/// A 413 is sent before the body is read, so the rest of that body is still on the connection
+/// and the server closes it. Saying so (`Connection: close`) keeps a client from sending its next
+/// request on that connection, which would fail half-way (a pooled client raced the close).
+async fn close_after_refused_body(mut r: Response) -> Response {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
 }
 
 /// `/api/v1/runs`, `/api/v1/runs/{id}` and the progress stream `/api/v1/runs/{id}/events`

@@ -56,7 +56,11 @@ fn alerts_come_in_authenticated_deduplicated_located_and_notified_once() {
     assert_eq!(e["path"], "$.alerts[0].labels", "{e}");
     assert_eq!(c.post(&am).bearer_auth(&served.token).body("not json").send().unwrap().status(), 400);
     let big = vec![b' '; 70_000];
-    assert_eq!(c.post(&am).bearer_auth(&served.token).body(big).send().unwrap().status(), 413);
+    let r = c.post(&am).bearer_auth(&served.token).body(big).send().unwrap();
+    assert_eq!(r.status(), 413);
+    // The rest of that body is never read: the connection is closed, and the client is told so
+    // (its next request, below, would otherwise go out on the closing connection now and then).
+    assert_eq!(r.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
 
     // Grafana, signed the way Grafana signs: a critical alert on a real VM and its node.
     let grafana = serde_json::to_vec(&json!({
